@@ -1,0 +1,64 @@
+# The README's two commands: `make demo` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help test test-unit test-integration test-cluster test-e2e demo venv system-packages controlplane up down status clean
+
+help:
+	@echo "make demo   - run the main job on this machine (devcluster + operator + sample app)"
+	@echo "make test   - install what the tests need and run the whole suite"
+	@echo "make test-unit | test-integration | test-cluster | test-e2e - one tier"
+	@echo "make up | down | status - the local devcluster in .devcluster/default"
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests run for real (we run as root); tests start their own servers.
+system-packages:
+	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+
+# Builds once into ~/.cache/celery-operator (about 7 minutes cold on 2 cores), then finds it.
+controlplane: venv
+	$(VPY) -m devcluster build
+
+test: venv system-packages controlplane
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(VPY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: venv system-packages
+	$(VPY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-cluster: venv system-packages controlplane
+	$(VPY) -m pytest -m cluster $(PYTEST_ARGS)
+
+test-e2e: venv system-packages controlplane
+	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
+
+demo:
+	@echo "make demo: not yet - the demo lands with the demo issue; 'make test' runs the suite today." >&2
+	@exit 1
+
+up: controlplane
+	$(VPY) -m devcluster up
+
+down: venv
+	$(VPY) -m devcluster down
+
+status: venv
+	$(VPY) -m devcluster status
+
+clean: down
+	rm -rf $(VENV) .devcluster .pytest_cache

@@ -1,0 +1,60 @@
+"""python -m devcluster build | up | down | status | logs"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from devcluster import build, cluster
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="build or find the cached control-plane binaries; prints the bin directory")
+    for name, text in (("up", "start the cluster (idempotent)"), ("down", "stop everything the cluster started"),
+                       ("status", "say what runs")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR, help="the cluster's directory")
+    commands.choices["up"].add_argument("--no-agent", action="store_true", help="control plane only, no node agent")
+    commands.add_parser("logs", help="a pod container's log: NAMESPACE/POD [-c CONTAINER] [-f]", add_help=False)
+    return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    try:
+        running = cluster.up(args.dir, agent=False if args.no_agent else None)
+    except (cluster.ClusterError, build.BuildError) as failure:
+        print(f"devcluster up: {failure}", file=sys.stderr)
+        return 1
+    print(f"devcluster up: ready in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    print(f"export KUBECONFIG={running.kubeconfig}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "logs":
+        from devcluster.agent import logs
+
+        return logs.main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "build":
+        return build.main()
+    if args.command == "up":
+        return _up(args)
+    if args.command == "down":
+        stopped = cluster.down(args.dir)
+        print("devcluster down: stopped " + (", ".join(stopped) if stopped else "nothing (nothing was running)"))
+        return 0
+    report = cluster.status(args.dir)
+    print(json.dumps(report, indent=2))
+    return 0 if report.get("ready") else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

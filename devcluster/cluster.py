@@ -1,0 +1,447 @@
+"""Start, stop and inspect a devcluster: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and the node agent, as processes of this machine, on free ports, in one
+directory. Everything the cluster holds (data, certificates, logs, pid files) lives there."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import ipaddress
+import json
+import os
+import random
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from devcluster import build, pki
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = PROJECT_ROOT / ".devcluster" / "default"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "agent")
+STOP_ORDER = ("agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class ClusterState:
+    etcd_port: int
+    etcd_peer_port: int
+    apiserver_port: int
+    controller_manager_port: int
+    scheduler_port: int
+    service_cidr: str
+    pod_network: str
+    node_name: str
+    agent: bool = True
+    pids: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        return str(ipaddress.ip_network(self.service_cidr)[1])
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running (or stopped) cluster's directory and what its state file says."""
+
+    dir: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.dir / "pki"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def pids_dir(self) -> Path:
+        return self.dir / "pids"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    def state(self) -> ClusterState | None:
+        if not self.state_file.exists():
+            return None
+        return ClusterState(**json.loads(self.state_file.read_text()))
+
+    def save(self, state: ClusterState) -> None:
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(asdict(state), indent=2))
+        temporary.replace(self.state_file)
+
+
+# --- processes -----------------------------------------------------------------------------
+
+def _process_start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _pid_file(cluster: Cluster, component: str) -> Path:
+    return cluster.pids_dir / f"{component}.pid"
+
+
+def _recorded_pid(cluster: Cluster, component: str) -> int | None:
+    """The component's pid if the process that was started is still the one running."""
+    path = _pid_file(cluster, component)
+    try:
+        pid_text, start_text = path.read_text().split()
+    except (OSError, ValueError):
+        return None
+    pid = int(pid_text)
+    _reap(pid)
+    if _process_start_time(pid) != int(start_text):
+        return None
+    return pid
+
+
+def _launch(cluster: Cluster, component: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    cluster.logs_dir.mkdir(parents=True, exist_ok=True)
+    cluster.pids_dir.mkdir(parents=True, exist_ok=True)
+    with (cluster.logs_dir / f"{component}.log").open("ab") as log:
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=cluster.dir, env=env,
+        )
+    start = _process_start_time(process.pid)
+    _pid_file(cluster, component).write_text(f"{process.pid} {start}\n")
+    return process.pid
+
+
+def _stop(cluster: Cluster, component: str, grace: float) -> None:
+    pid = _recorded_pid(cluster, component)
+    if pid is not None:
+        _signal_group_then_kill(pid, grace)
+    _pid_file(cluster, component).unlink(missing_ok=True)
+
+
+def _signal_group_then_kill(pid: int, grace: float) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if _process_start_time(pid) is None:
+            break
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- waiting -------------------------------------------------------------------------------
+
+def _wait_until(description: str, check, timeout: float, cluster: Cluster, component: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if _recorded_pid(cluster, component) is None:
+            raise ClusterError(
+                f"{component} exited while waiting for {description}; see {cluster.logs_dir / (component + '.log')}")
+        time.sleep(0.1)
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {description}; "
+                       f"see {cluster.logs_dir / (component + '.log')}")
+
+
+def _admin_ssl_context(cluster: Cluster) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cluster.pki_dir / "ca.crt"))
+    context.load_cert_chain(str(cluster.pki_dir / "admin.crt"), str(cluster.pki_dir / "admin.key"))
+    return context
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _insecure_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _api_get(cluster: Cluster, state: ClusterState, path: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(state.server + path, timeout=2, context=_admin_ssl_context(cluster)) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _node_ready(cluster: Cluster, state: ClusterState) -> bool:
+    node = _api_get(cluster, state, f"/api/v1/nodes/{state.node_name}")
+    conditions = (node or {}).get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+# --- kubeconfigs ---------------------------------------------------------------------------
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _write_kubeconfig(cluster: Cluster, state: ClusterState, path: Path, client_stem: str, user: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "devcluster", "cluster": {
+            "server": state.server, "certificate-authority-data": _b64(cluster.pki_dir / "ca.crt")}}],
+        "users": [{"name": user, "user": {
+            "client-certificate-data": _b64(cluster.pki_dir / f"{client_stem}.crt"),
+            "client-key-data": _b64(cluster.pki_dir / f"{client_stem}.key")}}],
+        "contexts": [{"name": "devcluster", "context": {"cluster": "devcluster", "user": user}}],
+        "current-context": "devcluster",
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(yaml.safe_dump(config, sort_keys=False))
+    temporary.chmod(0o600)
+    temporary.replace(path)
+
+
+# --- command lines -------------------------------------------------------------------------
+
+def _etcd_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> list[str]:
+    client = f"http://127.0.0.1:{state.etcd_port}"
+    peer = f"http://127.0.0.1:{state.etcd_peer_port}"
+    return [
+        str(bin_dir / "etcd"), "--name=devcluster", f"--data-dir={cluster.dir / 'etcd'}",
+        f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=devcluster={peer}", "--log-level=warn",
+        # test infrastructure: durability across power loss is not worth the fsync latency
+        "--unsafe-no-fsync",
+    ]
+
+
+def _apiserver_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> list[str]:
+    tls = cluster.pki_dir
+    return [
+        str(bin_dir / "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{state.etcd_port}",
+        "--bind-address=127.0.0.1", f"--secure-port={state.apiserver_port}", "--advertise-address=127.0.0.1",
+        f"--tls-cert-file={tls / 'apiserver.crt'}", f"--tls-private-key-file={tls / 'apiserver.key'}",
+        f"--client-ca-file={tls / 'ca.crt'}",
+        f"--kubelet-client-certificate={tls / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={tls / 'apiserver-kubelet-client.key'}",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={tls / 'sa.pub'}",
+        f"--service-account-signing-key-file={tls / 'sa.key'}",
+        f"--service-cluster-ip-range={state.service_cidr}",
+        "--authorization-mode=Node,RBAC",
+        # privileged pods pass the API server itself, so PodSecurity admission is what rejects them
+        "--allow-privileged=true",
+        # the only "node" is this machine's loopback: no endpoint for the kubernetes Service
+        "--endpoint-reconciler-type=none",
+        f"--cert-dir={cluster.dir / 'apiserver-certs'}",
+        "--profiling=false", "--v=1",
+    ]
+
+
+def _component_kubeconfig_flags(path: Path) -> list[str]:
+    return [f"--kubeconfig={path}", f"--authentication-kubeconfig={path}", f"--authorization-kubeconfig={path}"]
+
+
+def _controller_manager_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> list[str]:
+    tls = cluster.pki_dir
+    return [
+        str(bin_dir / "kube-controller-manager"),
+        *_component_kubeconfig_flags(cluster.dir / "controller-manager.kubeconfig"),
+        "--bind-address=127.0.0.1", f"--secure-port={state.controller_manager_port}",
+        f"--root-ca-file={tls / 'ca.crt'}", f"--service-account-private-key-file={tls / 'sa.key'}",
+        "--use-service-account-credentials=true",
+        f"--cluster-signing-cert-file={tls / 'ca.crt'}", f"--cluster-signing-key-file={tls / 'ca.key'}",
+        f"--service-cluster-ip-range={state.service_cidr}",
+        "--controllers=*", "--leader-elect=false", "--cluster-name=devcluster",
+        "--kube-api-qps=200", "--kube-api-burst=400", "--v=1",
+    ]
+
+
+def _scheduler_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> list[str]:
+    return [
+        str(bin_dir / "kube-scheduler"),
+        *_component_kubeconfig_flags(cluster.dir / "scheduler.kubeconfig"),
+        "--bind-address=127.0.0.1", f"--secure-port={state.scheduler_port}",
+        "--leader-elect=false", "--v=1",
+    ]
+
+
+def agent_available() -> bool:
+    if importlib.util.find_spec("devcluster.agent") is None:
+        return False
+    return importlib.util.find_spec("devcluster.agent.__main__") is not None
+
+
+def _agent_argv(cluster: Cluster, state: ClusterState) -> list[str]:
+    return [
+        sys.executable, "-m", "devcluster.agent", "--dir", str(cluster.dir),
+        "--kubeconfig", str(cluster.kubeconfig), "--node-name", state.node_name,
+        "--pod-network", state.pod_network, "--project-root", str(PROJECT_ROOT),
+    ]
+
+
+# --- up / down / status ---------------------------------------------------------------------
+
+def _fresh_state(previous: ClusterState | None, agent: bool) -> ClusterState:
+    """New ports every start; the networks and node name stay those of the cluster's data."""
+    octet = random.randint(100, 199)
+    return ClusterState(
+        etcd_port=_free_port(), etcd_peer_port=_free_port(), apiserver_port=_free_port(),
+        controller_manager_port=_free_port(), scheduler_port=_free_port(),
+        service_cidr=previous.service_cidr if previous else f"10.{octet}.0.0/16",
+        pod_network=previous.pod_network if previous else f"127.{octet}.0.0/16",
+        node_name=previous.node_name if previous else "devcluster-node",
+        agent=agent,
+    )
+
+
+def running_components(cluster: Cluster) -> dict[str, int]:
+    found = {}
+    for component in COMPONENTS:
+        pid = _recorded_pid(cluster, component)
+        if pid is not None:
+            found[component] = pid
+    return found
+
+
+def is_healthy(cluster: Cluster) -> bool:
+    state = cluster.state()
+    if state is None:
+        return False
+    expected = set(COMPONENTS) if state.agent else set(COMPONENTS) - {"agent"}
+    if set(running_components(cluster)) != expected:
+        return False
+    return _http_ok(state.server + "/readyz", _admin_ssl_context(cluster))
+
+
+def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, timeout: float = 120) -> Cluster:
+    """Start the cluster in `directory`, or leave it be if it already runs healthily."""
+    cluster = Cluster(directory.resolve())
+    if agent is None:
+        agent = agent_available()
+    if is_healthy(cluster) and cluster.state().agent == agent:
+        return cluster
+    bin_dir = build.build()
+    down(cluster.dir)
+    cluster.dir.mkdir(parents=True, exist_ok=True)
+    state = _fresh_state(cluster.state(), agent)
+    pki.ensure_pki(cluster.pki_dir, state.kubernetes_service_ip)
+    _write_kubeconfig(cluster, state, cluster.kubeconfig, "admin", "devcluster-admin")
+    _write_kubeconfig(cluster, state, cluster.dir / "controller-manager.kubeconfig",
+                      "controller-manager", "system:kube-controller-manager")
+    _write_kubeconfig(cluster, state, cluster.dir / "scheduler.kubeconfig", "scheduler", "system:kube-scheduler")
+    cluster.save(state)
+    try:
+        _start_control_plane(cluster, state, bin_dir, timeout)
+        if agent:
+            _launch(cluster, "agent", _agent_argv(cluster, state))
+            _wait_until(f"node {state.node_name} to be Ready", lambda: _node_ready(cluster, state),
+                        timeout, cluster, "agent")
+    except BaseException:
+        down(cluster.dir)
+        raise
+    return cluster
+
+
+def _start_control_plane(cluster: Cluster, state: ClusterState, bin_dir: Path, timeout: float) -> None:
+    admin = _admin_ssl_context(cluster)
+    _launch(cluster, "etcd", _etcd_argv(bin_dir, cluster, state))
+    _wait_until("etcd health", lambda: _http_ok(f"http://127.0.0.1:{state.etcd_port}/health"),
+                timeout, cluster, "etcd")
+    _launch(cluster, "kube-apiserver", _apiserver_argv(bin_dir, cluster, state))
+    _wait_until("kube-apiserver /readyz", lambda: _http_ok(state.server + "/readyz", admin),
+                timeout, cluster, "kube-apiserver")
+    _launch(cluster, "kube-controller-manager", _controller_manager_argv(bin_dir, cluster, state))
+    _launch(cluster, "kube-scheduler", _scheduler_argv(bin_dir, cluster, state))
+    insecure = _insecure_context()
+    _wait_until("kube-controller-manager /healthz",
+                lambda: _http_ok(f"https://127.0.0.1:{state.controller_manager_port}/healthz", insecure),
+                timeout, cluster, "kube-controller-manager")
+    _wait_until("kube-scheduler /healthz",
+                lambda: _http_ok(f"https://127.0.0.1:{state.scheduler_port}/healthz", insecure),
+                timeout, cluster, "kube-scheduler")
+    _wait_until("the default ServiceAccount",
+                lambda: _api_get(cluster, state, "/api/v1/namespaces/default/serviceaccounts/default") is not None,
+                timeout, cluster, "kube-controller-manager")
+
+
+def down(directory: Path = DEFAULT_DIR) -> list[str]:
+    """Stop every process the cluster in `directory` started; return the names of those stopped."""
+    cluster = Cluster(directory.resolve())
+    stopped = [component for component in STOP_ORDER if _recorded_pid(cluster, component) is not None]
+    for component in STOP_ORDER:
+        _stop(cluster, component, grace=10 if component == "agent" else 5)
+    if cluster.dir.exists() and agent_available():
+        from devcluster.agent import cleanup
+
+        cleanup(cluster.dir)
+    return stopped
+
+
+def status(directory: Path = DEFAULT_DIR) -> dict[str, object]:
+    cluster = Cluster(directory.resolve())
+    state = cluster.state()
+    running = running_components(cluster)
+    report: dict[str, object] = {
+        "dir": str(cluster.dir),
+        "components": {name: (f"running (pid {running[name]})" if name in running else "stopped")
+                       for name in COMPONENTS if name != "agent" or (state and state.agent)},
+    }
+    if state is not None:
+        report["server"] = state.server
+        report["kubeconfig"] = str(cluster.kubeconfig)
+        report["ready"] = is_healthy(cluster)
+    return report

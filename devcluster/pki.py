@@ -1,0 +1,116 @@
+"""Certificates and keys for the devcluster: one CA, the API server's serving certificate,
+client certificates for the admin and the control-plane components, and the ServiceAccount
+token signing key pair. Written once per cluster directory and reused by later `up` calls."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VALIDITY = datetime.timedelta(days=3650)
+APISERVER_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                   "kubernetes.default.svc.cluster.local")
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    file_stem: str
+    common_name: str
+    organization: str | None = None
+
+
+CLIENTS = (
+    ClientIdentity("admin", "devcluster-admin", "system:masters"),
+    ClientIdentity("controller-manager", "system:kube-controller-manager"),
+    ClientIdentity("scheduler", "system:kube-scheduler"),
+    ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
+)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(path: Path, key) -> None:
+    path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _name(common_name: str, organization: str | None = None) -> x509.Name:
+    parts = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        parts.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(parts)
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(issuer).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + VALIDITY))
+
+
+def _make_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _new_key()
+    name = _name("devcluster-ca")
+    cert = (_builder(name, name, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    _write_key(directory / "ca.key", key)
+    _write_cert(directory / "ca.crt", cert)
+    return cert, key
+
+
+def _issue(directory: Path, stem: str, subject: x509.Name, usage, ca_cert, ca_key,
+           sans: list[x509.GeneralName] | None = None) -> None:
+    key = _new_key()
+    builder = (_builder(subject, ca_cert.subject, key.public_key())
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    _write_key(directory / f"{stem}.key", key)
+    _write_cert(directory / f"{stem}.crt", builder.sign(ca_key, hashes.SHA256()))
+
+
+def _service_account_keys(directory: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _write_key(directory / "sa.key", key)
+    (directory / "sa.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def ensure_pki(directory: Path, service_ip: str) -> Path:
+    """Create every certificate and key under `directory` unless they already exist."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / "complete").exists():
+        return directory
+    ca_cert, ca_key = _make_ca(directory)
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in APISERVER_NAMES]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip)]
+    _issue(directory, "apiserver", _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH,
+           ca_cert, ca_key, sans)
+    for client in CLIENTS:
+        _issue(directory, client.file_stem, _name(client.common_name, client.organization),
+               ExtendedKeyUsageOID.CLIENT_AUTH, ca_cert, ca_key)
+    _service_account_keys(directory)
+    (directory / "complete").write_text("")
+    return directory

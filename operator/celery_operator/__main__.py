@@ -1,0 +1,40 @@
+"""Entry point: `python -m celery_operator [--namespace NS ...| --all-namespaces]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m celery_operator",
+        description="Run the celery-operator: reconcile TaskQueues and PeriodicJobs into a running Celery system.",
+        epilog="Settings come from CELERY_OPERATOR_* environment variables.",
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--liveness", default=None, metavar="URL",
+                        help="serve the probe endpoint at this URL, e.g. http://0.0.0.0:8080/healthz")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import kopf
+
+    from celery_operator import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Wait on a condition with a deadline: the tests never sleep and hope."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class ConditionNotMet(AssertionError):
+    pass
+
+
+def wait_for(check: Callable[[], T], timeout: float, description: str, interval: float = 0.1) -> T:
+    """Call `check` until it returns something truthy; return that, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as error:  # a check may fail transiently while things start
+            last_error = error
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise ConditionNotMet(f"timed out after {timeout}s waiting for {description}{detail}")
+        time.sleep(interval)

@@ -1,0 +1,121 @@
+"""The managed Redis broker: Deployment, Service and (with persistence) a PVC, all `<tq>-broker`.
+
+Redis binds the pod IP rather than 0.0.0.0: on the local test cluster every pod shares the host
+network with a loopback address of its own, so two brokers must not both claim 0.0.0.0:6379.
+The password reaches redis-server through $(REDIS_PASSWORD) from the Secret, never in the manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from .. import naming
+from ..models import ManagedBroker, ObjectIdentity
+from .common import (
+    Manifest,
+    POD_IP_ENV,
+    cluster_ip_service,
+    deployment,
+    object_meta,
+    pod_ip_env_var,
+    restricted_container_security_context,
+    secret_env_var,
+)
+
+REDIS_USER_ID: Final = 999  # the `redis` user of the official image
+REDIS_PASSWORD_ENV: Final = "REDIS_PASSWORD"
+DATA_VOLUME: Final = "data"
+DATA_DIR: Final = "/data"  # the official image's working directory, where dump and AOF files go
+
+
+def redis_args(persistent: bool) -> list[str]:
+    args = [
+        "--port", str(naming.REDIS_PORT),
+        "--bind", f"$({POD_IP_ENV})",
+        "--requirepass", f"$({REDIS_PASSWORD_ENV})",
+    ]
+    if persistent:
+        args += ["--appendonly", "yes"]
+    else:
+        args += ["--save", "", "--appendonly", "no"]
+    return args
+
+
+def build_broker_deployment(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest:
+    name = naming.broker_name(owner.name)
+    persistent = managed.persistence is not None
+    probe = {"tcpSocket": {"port": "redis"}}
+    container: dict[str, Any] = {
+        "name": "redis",
+        "image": managed.image,
+        "command": ["redis-server"],
+        "args": redis_args(persistent),
+        "env": [
+            pod_ip_env_var(),
+            secret_env_var(REDIS_PASSWORD_ENV, name, naming.BROKER_SECRET_PASSWORD_KEY),
+        ],
+        "ports": [{"name": "redis", "containerPort": naming.REDIS_PORT, "protocol": "TCP"}],
+        "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 3},
+        "livenessProbe": {**probe, "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": [{"name": DATA_VOLUME, "mountPath": DATA_DIR}],
+        "securityContext": restricted_container_security_context(read_only_root_filesystem=True),
+    }
+    if managed.resources:
+        container["resources"] = copy.deepcopy(dict(managed.resources))
+    volume: dict[str, Any] = {"name": DATA_VOLUME}
+    if persistent:
+        volume["persistentVolumeClaim"] = {"claimName": name}
+    else:
+        volume["emptyDir"] = {}
+    template = {
+        "metadata": {"labels": naming.component_labels(owner.name, naming.BROKER)},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": REDIS_USER_ID,
+                "runAsGroup": REDIS_USER_ID,
+                "fsGroup": REDIS_USER_ID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": [volume],
+        },
+    }
+    # Recreate: two Redis pods on one PVC (or one broker address) must never overlap.
+    return deployment(owner, name=name, component=naming.BROKER, template=template, replicas=1, recreate=True)
+
+
+def build_broker_service(owner: ObjectIdentity) -> Manifest:
+    return cluster_ip_service(
+        owner, name=naming.broker_name(owner.name), component=naming.BROKER, port=naming.REDIS_PORT, port_name="redis"
+    )
+
+
+def build_broker_pvc(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest | None:
+    """The data volume when persistence is set, else None (the broker uses an emptyDir)."""
+    if managed.persistence is None:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": managed.persistence.size}},
+    }
+    if managed.persistence.storage_class_name:
+        spec["storageClassName"] = managed.persistence.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": object_meta(owner, naming.broker_name(owner.name), naming.BROKER),
+        "spec": spec,
+    }
+
+
+def build_managed_broker(owner: ObjectIdentity, managed: ManagedBroker) -> list[Manifest]:
+    """Deployment, Service and, with persistence, the PVC of the managed Redis."""
+    manifests = [build_broker_deployment(owner, managed), build_broker_service(owner)]
+    pvc = build_broker_pvc(owner, managed)
+    if pvc is not None:
+        manifests.append(pvc)
+    return manifests

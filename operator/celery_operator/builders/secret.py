@@ -1,0 +1,78 @@
+"""The `<tq>-broker` Secret: how workers, beat, Flower and the user's producers reach the broker.
+
+Values go into base64 `data` (not `stringData`) so the desired object compares exactly with the
+live one.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from .. import naming
+from ..models import BrokerSpec, ObjectIdentity
+from .common import Manifest, object_meta
+
+
+def managed_broker_url(taskqueue: str, namespace: str, password: str) -> str:
+    """The URL of the operator-run Redis, reachable from any namespace through its Service."""
+    host = f"{naming.broker_name(taskqueue)}.{namespace}.svc"
+    return f"redis://:{quote(password, safe='')}@{host}:{naming.REDIS_PORT}/0"
+
+
+def broker_url(
+    owner: ObjectIdentity,
+    broker: BrokerSpec,
+    *,
+    password: str | None = None,
+    external_url: str | None = None,
+) -> str:
+    """The URL the Secret carries for each broker kind.
+
+    managed: built from `password` (generated once by the reconciler, then read back from the
+    Secret); url: spec.broker.url; secretRef: `external_url`, the value the reconciler read from
+    the user's Secret.
+    """
+    if broker.kind == "managed":
+        if not password:
+            raise ValueError("a managed broker needs its password")
+        return managed_broker_url(owner.name, owner.namespace, password)
+    if broker.kind == "url":
+        assert broker.url is not None
+        return broker.url
+    if not external_url:
+        raise ValueError("a urlSecretRef broker needs the URL read from the referenced Secret")
+    return external_url
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def build_broker_secret(
+    owner: ObjectIdentity,
+    broker: BrokerSpec,
+    *,
+    password: str | None = None,
+    external_url: str | None = None,
+) -> Manifest:
+    """Key `url` always; key `password` for the managed broker."""
+    data = {naming.BROKER_SECRET_URL_KEY: _b64(broker_url(owner, broker, password=password, external_url=external_url))}
+    if broker.kind == "managed":
+        assert password is not None
+        data[naming.BROKER_SECRET_PASSWORD_KEY] = _b64(password)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": object_meta(owner, naming.broker_name(owner.name), naming.BROKER),
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+def decode_secret_value(secret: Mapping[str, Any], key: str) -> str | None:
+    """A value of a Secret read from the API (base64 `data`), or None when the key is absent."""
+    encoded = (secret.get("data") or {}).get(key)
+    return None if encoded is None else base64.b64decode(encoded).decode()

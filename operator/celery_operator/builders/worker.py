@@ -1,0 +1,71 @@
+"""One worker Deployment per queue: `<tq>-worker-<queue-dns>`.
+
+The command is exec form (no shell), so Kubernetes' SIGTERM reaches Celery's main process, which
+makes it a warm shutdown: running tasks finish within terminationGracePeriodSeconds. A shell in
+between would forward the signal to the whole process group and kill the pool children mid-task.
+
+There is deliberately no liveness or readiness probe: `celery inspect ping` costs seconds of CPU
+per call and restarts workers that are merely busy; a worker that dies exits, and the pod restarts.
+
+Autoscaled queues leave `replicas` out: the scaler owns it through the scale subresource, and the
+reconciler's server-side apply then never fights it.
+"""
+
+from __future__ import annotations
+
+from .. import naming
+from ..models import ObjectIdentity, QueueSpec, TaskQueueSpec
+from .common import Manifest, celery_container, celery_pod_template, deployment
+
+WORKER_CONTAINER: str = "worker"
+
+
+def worker_command(app: str, queue: QueueSpec) -> list[str]:
+    """`celery -A <app> worker -Q <queue> --hostname <queue>@%h ...`; %h is expanded by Celery.
+
+    The hostname names the queue in every worker heartbeat, which is how in-flight work is
+    counted per queue.
+    """
+    settings = queue.workers
+    command = [
+        "celery", "-A", app, "worker",
+        "-Q", queue.name,
+        "--hostname", f"{queue.name}@%h",
+        "--concurrency", str(settings.concurrency),
+        "--pool", settings.pool,
+        "--prefetch-multiplier", str(settings.prefetch_multiplier),
+    ]
+    if settings.max_tasks_per_child > 0:
+        command += ["--max-tasks-per-child", str(settings.max_tasks_per_child)]
+    command += list(settings.extra_args)
+    return command
+
+
+def build_worker_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, queue: QueueSpec) -> Manifest:
+    container = celery_container(
+        spec,
+        taskqueue=owner.name,
+        name=WORKER_CONTAINER,
+        command=worker_command(spec.app, queue),
+        resources=queue.workers.resources,
+    )
+    template = celery_pod_template(
+        spec,
+        owner=owner,
+        component=naming.WORKER,
+        queue=queue.name,
+        containers=[container],
+        termination_grace_period_seconds=queue.workers.termination_grace_period_seconds,
+    )
+    return deployment(
+        owner,
+        name=naming.worker_name(owner.name, queue.name),
+        component=naming.WORKER,
+        queue=queue.name,
+        template=template,
+        replicas=None if queue.autoscaled else queue.replicas,
+    )
+
+
+def build_worker_deployments(owner: ObjectIdentity, spec: TaskQueueSpec) -> list[Manifest]:
+    return [build_worker_deployment(owner, spec, queue) for queue in spec.queues]

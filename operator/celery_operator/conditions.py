@@ -1,0 +1,111 @@
+"""Pure helpers on status conditions shaped like metav1.Condition.
+
+A condition is a dict with type, status ("True"/"False"/"Unknown"), reason (CamelCase), message,
+lastTransitionTime (RFC 3339, UTC) and observedGeneration. lastTransitionTime moves only when the
+status flips, so a steady state rewrites nothing. Functions never mutate their input.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Final, Literal
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+Condition = dict[str, Any]
+
+READY: Final = "Ready"
+BROKER_READY: Final = "BrokerReady"
+WORKERS_READY: Final = "WorkersReady"
+BEAT_READY: Final = "BeatReady"
+AUTOSCALING: Final = "Autoscaling"
+
+STATUSES: Final = ("True", "False", "Unknown")
+MAX_MESSAGE_LENGTH: Final = 32768
+_REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+
+# What makes two conditions different; lastTransitionTime follows from status.
+_MATERIAL_FIELDS: Final = ("status", "reason", "message", "observedGeneration")
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with second precision, as Kubernetes writes metav1.Time."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def get_condition(conditions: Iterable[Mapping[str, Any]] | None, condition_type: str) -> Condition | None:
+    for condition in conditions or ():
+        if condition.get("type") == condition_type:
+            return dict(condition)
+    return None
+
+
+def is_true(conditions: Iterable[Mapping[str, Any]] | None, condition_type: str) -> bool:
+    condition = get_condition(conditions, condition_type)
+    return condition is not None and condition.get("status") == "True"
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    *,
+    type: str,  # noqa: A002 - the metav1.Condition field name
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    observed_generation: int,
+    now: datetime | str,
+) -> list[Condition]:
+    """A new condition list with `type` set; other conditions keep their order and content."""
+    if status not in STATUSES:
+        raise ValueError(f"condition status must be one of {STATUSES}, got {status!r}")
+    if not _REASON.match(reason):
+        raise ValueError(f"condition reason must be CamelCase, got {reason!r}")
+    previous = get_condition(conditions, type)
+    if previous is not None and previous.get("status") == status and previous.get("lastTransitionTime"):
+        transition_time = previous["lastTransitionTime"]
+    else:
+        transition_time = now if isinstance(now, str) else format_time(now)
+    updated: Condition = {
+        "type": type,
+        "status": status,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE_LENGTH],
+        "lastTransitionTime": transition_time,
+        "observedGeneration": observed_generation,
+    }
+    result: list[Condition] = []
+    replaced = False
+    for condition in conditions or ():
+        if condition.get("type") == type:
+            result.append(updated)
+            replaced = True
+        else:
+            result.append(copy.deepcopy(dict(condition)))
+    if not replaced:
+        result.append(updated)
+    return result
+
+
+def remove_condition(conditions: Sequence[Mapping[str, Any]] | None, condition_type: str) -> list[Condition]:
+    """A new list without `condition_type` (e.g. BeatReady once no PeriodicJob refers to the TaskQueue)."""
+    return [copy.deepcopy(dict(c)) for c in conditions or () if c.get("type") != condition_type]
+
+
+def conditions_differ(
+    old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]] | None
+) -> bool:
+    """True when a status patch is worth writing: a type added or removed, or a material field changed.
+
+    Order does not matter; lastTransitionTime alone does not count (it only moves with status).
+    """
+    old_by_type = {c.get("type"): c for c in old or ()}
+    new_by_type = {c.get("type"): c for c in new or ()}
+    if old_by_type.keys() != new_by_type.keys():
+        return True
+    return any(
+        old_by_type[t].get(f) != new_by_type[t].get(f) for t in new_by_type for f in _MATERIAL_FIELDS
+    )

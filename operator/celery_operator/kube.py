@@ -1,0 +1,265 @@
+"""All Kubernetes I/O of the operator: get, list, server-side apply, delete, status, scale, events.
+
+One small client over the `kubernetes` package's ApiClient, addressing resources by
+(apiVersion, kind) through a fixed table of the kinds the operator touches, so no discovery
+round trips are needed. Every write names a field manager; server-side apply always forces,
+because the operator is the authority for the fields it applies.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import kubernetes
+import urllib3
+from kubernetes.client.rest import ApiException
+
+from . import naming
+
+Manifest = dict[str, Any]
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def collection_path(self, namespace: str | None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if self.namespaced and namespace is not None:
+            return f"{prefix}/namespaces/{namespace}/{self.plural}"
+        return f"{prefix}/{self.plural}"
+
+    def object_path(self, namespace: str | None, name: str) -> str:
+        return f"{self.collection_path(namespace)}/{name}"
+
+
+RESOURCE_TYPES: Final[tuple[ResourceType, ...]] = (
+    ResourceType("v1", "Secret", "secrets"),
+    ResourceType("v1", "Service", "services"),
+    ResourceType("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    ResourceType("v1", "Pod", "pods"),
+    ResourceType("v1", "Event", "events"),
+    ResourceType("v1", "Namespace", "namespaces", namespaced=False),
+    ResourceType("apps/v1", "Deployment", "deployments"),
+    ResourceType(naming.API_VERSION, naming.TASKQUEUE_KIND, naming.TASKQUEUE_PLURAL),
+    ResourceType(naming.API_VERSION, naming.PERIODICJOB_KIND, naming.PERIODICJOB_PLURAL),
+)
+_BY_KIND: Final = {(r.api_version, r.kind): r for r in RESOURCE_TYPES}
+
+APPLY_PATCH: Final = "application/apply-patch+yaml"
+MERGE_PATCH: Final = "application/merge-patch+json"
+
+
+def resource_type(api_version: str, kind: str) -> ResourceType:
+    try:
+        return _BY_KIND[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"the operator does not handle {api_version} {kind}") from None
+
+
+class KubeError(RuntimeError):
+    """A request the API server refused or could not answer; `status` is the HTTP status (0 = no answer)."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def forbidden(self) -> bool:
+        return self.status == 403
+
+
+def _kube_error(status: int | None, reason: str | None, body: bytes | str | None) -> KubeError:
+    """The API server's Status message when it sent one, else the HTTP reason."""
+    message, kind = reason or "", reason or ""
+    try:
+        parsed = json.loads(body or "{}")
+        message, kind = parsed.get("message", message), parsed.get("reason", kind)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return KubeError(status or 0, kind, message)
+
+
+class RequestCounter:
+    """How many requests this client sent, by verb: benchmarks read it, nothing else depends on it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_verb: dict[str, int] = {}
+
+    def add(self, verb: str) -> None:
+        with self._lock:
+            self.by_verb[verb] = self.by_verb.get(verb, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_verb.values())
+
+    @property
+    def writes(self) -> int:
+        return sum(n for verb, n in self.by_verb.items() if verb not in ("GET", "LIST"))
+
+
+class Kube:
+    """The operator's view of the API server. Thread-safe: the ApiClient pools connections."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, timeout_seconds: float = 10.0):
+        self._api = api_client
+        self._timeout = timeout_seconds
+        self.requests = RequestCounter()
+
+    @classmethod
+    def from_environment(cls, timeout_seconds: float = 10.0) -> "Kube":
+        """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = 32
+        return cls(kubernetes.client.ApiClient(configuration), timeout_seconds)
+
+    def close(self) -> None:
+        self._api.close()
+
+    # --- the one place requests go out -------------------------------------------------------
+
+    def _call(self, verb: str, method: str, path: str, *, body: Any = None,
+              query: list[tuple[str, Any]] | None = None, content_type: str | None = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        self.requests.add(verb)
+        method, url, headers, body, _ = self._api.param_serialize(
+            method=method, resource_path=path, query_params=query or [], header_params=headers, body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(method, url, header_params=headers, body=body,
+                                          _request_timeout=self._timeout)
+            data = response.read()
+        except ApiException as error:
+            raise _kube_error(error.status, error.reason, error.body) from None
+        except (OSError, urllib3.exceptions.HTTPError) as error:  # refused, reset, timed out
+            raise KubeError(0, "Unreachable", str(error)) from None
+        if response.status >= 400:
+            raise _kube_error(response.status, response.reason, data)
+        return json.loads(data) if data else {}
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
+        try:
+            return self._call("GET", "GET", resource_type(api_version, kind).object_path(namespace, name))
+        except KubeError as error:
+            if error.not_found:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str | None,
+             label_selector: str | None = None) -> list[Manifest]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self._call("LIST", "GET", resource_type(api_version, kind).collection_path(namespace), query=query)
+        return result.get("items", [])
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def apply(self, manifest: Mapping[str, Any], field_manager: str = naming.FIELD_MANAGER) -> Manifest:
+        """Server-side apply: create or update the fields `manifest` names, owned by `field_manager`."""
+        kind = resource_type(manifest["apiVersion"], manifest["kind"])
+        metadata = manifest["metadata"]
+        return self._call(
+            "APPLY", "PATCH", kind.object_path(metadata.get("namespace"), metadata["name"]), body=dict(manifest),
+            query=[("fieldManager", field_manager), ("force", "true")], content_type=APPLY_PATCH,
+        )
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
+               uid: str | None = None) -> bool:
+        """Delete one object (only if it still has `uid`, when given); False when it was already gone."""
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self._call("DELETE", "DELETE", resource_type(api_version, kind).object_path(namespace, name), body=body)
+        except KubeError as error:
+            if error.not_found:
+                return False
+            raise
+        return True
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                     status: Mapping[str, Any]) -> Manifest:
+        """Merge-patch the status subresource (lists in it, like conditions, are replaced whole)."""
+        path = resource_type(api_version, kind).object_path(namespace, name) + "/status"
+        return self._call("STATUS", "PATCH", path, body={"status": dict(status)}, content_type=MERGE_PATCH)
+
+    def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
+                       annotations: Mapping[str, str | None]) -> Manifest:
+        """Merge-patch annotations (None removes one): used for pod-deletion-cost on pods."""
+        path = resource_type(api_version, kind).object_path(namespace, name)
+        return self._call("PATCH", "PATCH", path, body={"metadata": {"annotations": dict(annotations)}},
+                          content_type=MERGE_PATCH)
+
+    def scale(self, namespace: str, deployment: str, replicas: int, field_manager: str) -> Manifest:
+        """Set a Deployment's replicas through its scale subresource, owned by `field_manager`."""
+        path = resource_type("apps/v1", "Deployment").object_path(namespace, deployment) + "/scale"
+        body = {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": deployment, "namespace": namespace}, "spec": {"replicas": replicas}}
+        return self._call("SCALE", "PATCH", path, body=body, query=[("fieldManager", field_manager), ("force", "true")],
+                          content_type=APPLY_PATCH)
+
+    def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str, message: str,
+                   component: str = naming.MANAGED_BY) -> None:
+        """Record a core/v1 Event on `involved` (a full object body). Failures are logged, not raised."""
+        metadata = involved["metadata"]
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}", "namespace": metadata["namespace"]},
+            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
+                               "name": metadata["name"], "namespace": metadata["namespace"],
+                               "uid": metadata.get("uid"), "resourceVersion": metadata.get("resourceVersion")},
+            "type": event_type, "reason": reason, "message": message[:1024],
+            "source": {"component": component}, "reportingComponent": component,
+            "reportingInstance": component, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self._call("EVENT", "POST", resource_type("v1", "Event").collection_path(metadata["namespace"]), body=event)
+        except KubeError as error:
+            logger.warning("could not record event %s on %s/%s: %s", reason, metadata["namespace"],
+                           metadata["name"], error)
+
+
+def iter_owned(objects: list[Manifest], owner_uid: str) -> Iterator[Manifest]:
+    """The objects whose controller ownerReference is `owner_uid`."""
+    for item in objects:
+        if controller_uid(item) == owner_uid:
+            yield item
+
+
+def controller_uid(item: Mapping[str, Any]) -> str | None:
+    for reference in item.get("metadata", {}).get("ownerReferences") or []:
+        if reference.get("controller"):
+            return reference.get("uid")
+    return None

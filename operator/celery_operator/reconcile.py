@@ -1,0 +1,432 @@
+"""Reconcile one TaskQueue: observe -> build -> apply what differs -> status.
+
+Reads come from what the handlers observed (kopf indexes of our children, kept current by
+watches) and, only where that cannot answer, from the API: an object of a child's name that is
+not in the index may be somebody else's. Writes happen only when something differs, so a settled
+TaskQueue costs no request but the broker check. No kopf imports here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+from . import builders, conditions, naming
+from .builders import ChildKey, child_key
+from .kube import Kube, KubeError, Manifest, controller_uid
+from .models import ObjectIdentity, SpecError, TaskQueueSpec, validate_taskqueue_name
+from .settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+BrokerProbe = Callable[[str, float], "str | None"]  # (url, timeout) -> None when reachable, else why not
+PASSWORD_BYTES = 24
+
+
+class Blocked(Exception):
+    """Something a user must fix (or wait for) before the children can be touched."""
+
+    def __init__(self, reason: str, message: str, condition: str = conditions.READY):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.condition = condition
+
+
+@dataclass
+class Runtime:
+    """What every reconcile shares: the API client, the broker probe, settings, per-object locks."""
+
+    kube: Kube
+    settings: OperatorSettings
+    probe_broker: BrokerProbe
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, settings: OperatorSettings) -> "Runtime":
+        from . import broker_probe
+
+        return cls(kube=Kube.from_environment(settings.api_timeout_seconds), settings=settings,
+                   probe_broker=broker_probe.probe)
+
+    def lock_for(self, uid: str) -> threading.Lock:
+        """Timers and change handlers of one object may run at once in kopf's thread pool."""
+        with self._locks_guard:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    def forget(self, uid: str) -> None:
+        with self._locks_guard:
+            self._locks.pop(uid, None)
+
+
+# --- comparing desired with live ------------------------------------------------------------
+
+def _quantities_equal(desired: Any, live: Any) -> bool:
+    try:
+        return Decimal(parse_quantity(desired)) == Decimal(parse_quantity(live))
+    except (ValueError, TypeError, ArithmeticError):
+        return False
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or value == {} or value == [] or value == ""
+
+
+def _list_items_by_name(items: Sequence[Any]) -> dict[str, Any] | None:
+    if items and all(isinstance(item, Mapping) and "name" in item for item in items):
+        return {item["name"]: item for item in items}
+    return None
+
+
+def satisfied_by(desired: Any, live: Any, in_quantity: bool = False) -> bool:
+    """Whether the live object already holds every field the desired manifest sets.
+
+    Fields the server or other tools add are ignored; named list items (containers, env, ports)
+    match by name; resource quantities compare by value ("0.5" == "500m").
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return _is_empty(desired) and _is_empty(live)
+        return all(
+            satisfied_by(value, live.get(key), in_quantity or key in ("resources", "storage"))
+            if not _is_empty(value) else _is_empty(live.get(key)) or isinstance(live.get(key), type(value))
+            for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        if not isinstance(live, list):
+            return not desired and _is_empty(live)
+        desired_named, live_named = _list_items_by_name(desired), _list_items_by_name(live)
+        if desired_named is not None and live_named is not None:
+            return list(desired_named) == [name for name in live_named if name in desired_named] and all(
+                satisfied_by(item, live_named.get(name), in_quantity) for name, item in desired_named.items())
+        return len(desired) == len(live) and all(satisfied_by(d, v, in_quantity) for d, v in zip(desired, live))
+    if desired == live:
+        return True
+    return in_quantity and _quantities_equal(desired, live)
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BrokerAccess:
+    url: str
+    password: str | None = None
+    external_url: str | None = None
+
+
+def _read_user_secret_url(kube: Kube, identity: ObjectIdentity, spec: TaskQueueSpec) -> str:
+    reference = spec.broker.url_secret_ref
+    assert reference is not None
+    field_path = "spec.broker.urlSecretRef"
+    secret = kube.get("v1", "Secret", identity.namespace, reference.name)
+    if secret is None:
+        raise Blocked("BrokerSecretNotFound",
+                      f"{field_path}.name: Secret {reference.name!r} does not exist in namespace {identity.namespace}")
+    value = builders.decode_secret_value(secret, reference.key)
+    if not value:
+        raise Blocked("BrokerSecretKeyNotFound",
+                      f"{field_path}.key: Secret {reference.name!r} has no key {reference.key!r}")
+    return value.strip()
+
+
+def _existing_broker_password(live_secret: Manifest | None) -> str | None:
+    if live_secret is None:
+        return None
+    return builders.decode_secret_value(live_secret, naming.BROKER_SECRET_PASSWORD_KEY)
+
+
+def broker_access(kube: Kube, identity: ObjectIdentity, spec: TaskQueueSpec,
+                  live_secret: Manifest | None) -> BrokerAccess:
+    """The broker URL, and what the Secret builder needs: the managed password is generated once."""
+    if spec.broker.kind == "managed":
+        password = _existing_broker_password(live_secret) or secrets.token_urlsafe(PASSWORD_BYTES)
+        url = builders.broker_url(identity, spec.broker, password=password)
+        return BrokerAccess(url=url, password=password)
+    if spec.broker.kind == "url":
+        return BrokerAccess(url=builders.broker_url(identity, spec.broker))
+    external = _read_user_secret_url(kube, identity, spec)
+    return BrokerAccess(url=external, external_url=external)
+
+
+def _with_live_broker_secret(kube: Kube, identity: ObjectIdentity,
+                             observed: Mapping[ChildKey, Manifest]) -> dict[ChildKey, Manifest]:
+    """The broker Secret holds the generated password: look it up before building anything from it."""
+    key = ("v1", "Secret", naming.broker_name(identity.name))
+    result = dict(observed)
+    secret = result.get(key) or kube.get("v1", "Secret", identity.namespace, key[2])
+    if secret is not None and controller_uid(secret) != identity.uid:
+        raise Blocked("NameConflict", f"Secret {key[2]} already exists and is not owned by this TaskQueue; "
+                                      "rename or delete it (the TaskQueue never adopts objects it did not create)")
+    if secret is not None:
+        result[key] = secret
+    return result
+
+
+def _describe(key: ChildKey) -> str:
+    return f"{key[1]} {key[2]}"
+
+
+def resolve_live_children(kube: Kube, identity: ObjectIdentity, desired: Iterable[Manifest],
+                          observed: Mapping[ChildKey, Manifest]) -> dict[ChildKey, Manifest | None]:
+    """The live object of every desired child; one not in the index is looked up, and refused if not ours."""
+    live: dict[ChildKey, Manifest | None] = {}
+    conflicts = []
+    for manifest in desired:
+        key = child_key(manifest)
+        found = observed.get(key)
+        if found is None:
+            found = kube.get(key[0], key[1], identity.namespace, key[2])
+        if found is not None and controller_uid(found) != identity.uid:
+            conflicts.append(_describe(key))
+            continue
+        live[key] = found
+    if conflicts:
+        raise Blocked("NameConflict",
+                      f"{', '.join(conflicts)} already exist(s) and not owned by this TaskQueue; "
+                      "rename or delete them (the TaskQueue never adopts objects it did not create)")
+    return live
+
+
+def _scaler_owns_replicas(live: Manifest, scaler_manager: str) -> bool:
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == scaler_manager and "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
+            return True
+    return False
+
+
+def _autoscaled_deployment_names(identity: ObjectIdentity, spec: TaskQueueSpec) -> dict[str, int]:
+    return {naming.worker_name(identity.name, q.name): q.autoscaling.min_replicas
+            for q in spec.queues if q.autoscaling is not None}
+
+
+def apply_children(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, desired: Sequence[Manifest],
+                   live: Mapping[ChildKey, Manifest | None]) -> dict[ChildKey, Manifest]:
+    """Apply each child that differs from its live object; return the live objects after the writes."""
+    kube, settings = runtime.kube, runtime.settings
+    autoscaled = _autoscaled_deployment_names(identity, spec)
+    result: dict[ChildKey, Manifest] = {}
+    for manifest in desired:
+        key = child_key(manifest)
+        current = live.get(key)
+        name = key[2]
+        if key[1] == "Deployment" and name in autoscaled and (
+                current is None or not _scaler_owns_replicas(current, settings.scaler_field_manager)):
+            current = _hand_replicas_to_scaler(kube, identity, manifest, current, autoscaled[name], settings)
+        if current is not None and satisfied_by(manifest, current):
+            result[key] = current
+            continue
+        logger.info("applying %s in %s", _describe(key), identity.namespace)
+        result[key] = kube.apply(manifest, settings.field_manager)
+    return result
+
+
+def _hand_replicas_to_scaler(kube: Kube, identity: ObjectIdentity, manifest: Manifest, current: Manifest | None,
+                             min_replicas: int, settings: OperatorSettings) -> Manifest:
+    """An autoscaled worker Deployment starts at minReplicas, with `replicas` owned by the scaler.
+
+    Without this, a Deployment created without replicas would start one pod, and one that was a
+    fixed queue would fall back to the default when the reconciler stops applying the field.
+    """
+    replicas = min_replicas if current is None else int(current.get("spec", {}).get("replicas", min_replicas))
+    if current is None:
+        seeded = {**manifest, "spec": {**manifest["spec"], "replicas": replicas}}
+        kube.apply(seeded, settings.field_manager)
+    kube.scale(identity.namespace, manifest["metadata"]["name"], replicas, settings.scaler_field_manager)
+    return kube.get("apps/v1", "Deployment", identity.namespace, manifest["metadata"]["name"])
+
+
+def delete_unwanted(kube: Kube, identity: ObjectIdentity, desired: Iterable[Manifest],
+                    observed: Mapping[ChildKey, Manifest]) -> list[str]:
+    """Delete owned children no longer desired (a removed queue, Flower turned off); the beat is not ours here."""
+    wanted = {child_key(m) for m in desired}
+    deleted = []
+    for key, item in observed.items():
+        labels = item.get("metadata", {}).get("labels") or {}
+        if key in wanted or labels.get(naming.LABEL_COMPONENT) == naming.BEAT:
+            continue
+        if controller_uid(item) != identity.uid:
+            continue
+        if kube.delete(key[0], key[1], identity.namespace, key[2], uid=item["metadata"].get("uid")):
+            deleted.append(_describe(key))
+    return deleted
+
+
+# --- status ----------------------------------------------------------------------------------
+
+def _deployment_ready(deployment: Manifest) -> tuple[int, int, bool]:
+    """(desired replicas, ready replicas, rolled out and available)."""
+    spec, status = deployment.get("spec", {}), deployment.get("status", {})
+    desired = int(spec.get("replicas", 1))
+    ready = int(status.get("readyReplicas", 0))
+    settled = (status.get("observedGeneration", 0) >= deployment.get("metadata", {}).get("generation", 0)
+               and int(status.get("updatedReplicas", 0)) >= desired
+               and int(status.get("availableReplicas", 0)) >= desired)
+    return desired, ready, settled
+
+
+def queue_statuses(identity: ObjectIdentity, spec: TaskQueueSpec, children: Mapping[ChildKey, Manifest],
+                   previous: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per queue: replicas and readyReplicas from the Deployment; the scaler's fields are kept."""
+    before = {entry.get("name"): entry for entry in previous or ()}
+    entries = []
+    for queue in spec.queues:
+        deployment = children.get(("apps/v1", "Deployment", naming.worker_name(identity.name, queue.name)), {})
+        replicas = int(deployment.get("spec", {}).get("replicas", 0))
+        entry = {"pending": 0, "inFlight": 0, "desiredReplicas": replicas, **before.get(queue.name, {})}
+        entry.update(name=queue.name, replicas=replicas,
+                     readyReplicas=int(deployment.get("status", {}).get("readyReplicas", 0)))
+        entries.append(entry)
+    return entries
+
+
+def workers_condition(identity: ObjectIdentity, spec: TaskQueueSpec,
+                      children: Mapping[ChildKey, Manifest]) -> tuple[str, str, str]:
+    waiting = []
+    for queue in spec.queues:
+        name = naming.worker_name(identity.name, queue.name)
+        deployment = children.get(("apps/v1", "Deployment", name))
+        if deployment is None:
+            waiting.append(f"{name} (not created)")
+            continue
+        desired, ready, settled = _deployment_ready(deployment)
+        if not settled:
+            waiting.append(f"{name} ({ready}/{desired} ready)")
+    if waiting:
+        return "False", "WorkersNotReady", "waiting for " + ", ".join(waiting)
+    return "True", "WorkersAvailable", f"all {len(spec.queues)} worker Deployment(s) have their replicas available"
+
+
+def broker_condition(runtime: Runtime, access: BrokerAccess) -> tuple[str, str, str]:
+    problem = runtime.probe_broker(access.url, runtime.settings.broker_timeout_seconds)
+    if problem is None:
+        return "True", "BrokerReachable", "the broker answers"
+    return "False", "BrokerUnreachable", problem
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The conditions this reconcile sets, and the status fields that go with them."""
+
+    broker: tuple[str, str, str] | None
+    workers: tuple[str, str, str] | None
+    blocked: Blocked | None
+    queues: list[dict[str, Any]] | None = None
+
+
+def _ready_from(verdict: Verdict) -> tuple[str, str, str]:
+    if verdict.blocked is not None:
+        return "False", verdict.blocked.reason, verdict.blocked.message
+    for (status, reason, message) in (verdict.broker, verdict.workers):
+        if status != "True":
+            return "False", reason, message
+    return "True", "Ready", "the broker answers and every queue's workers are available"
+
+
+def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: Verdict,
+                   now: datetime.datetime) -> dict[str, Any]:
+    """The TaskQueue's new status; fields and conditions owned by others (the scaler) are kept."""
+    previous = dict(body.get("status") or {})
+    current = [c for c in previous.get("conditions") or [] if isinstance(c, Mapping)]
+    for kind, triple in ((conditions.BROKER_READY, verdict.broker), (conditions.WORKERS_READY, verdict.workers),
+                         (conditions.READY, _ready_from(verdict))):
+        if triple is None:
+            continue
+        status, reason, message = triple
+        current = conditions.set_condition(current, type=kind, status=status, reason=reason, message=message,
+                                           observed_generation=identity.generation, now=now)
+    status = {key: value for key, value in previous.items() if key != "kopf"}
+    status.update(conditions=current, observedGeneration=identity.generation,
+                  brokerSecretName=naming.broker_name(identity.name))
+    if verdict.queues is not None:
+        status["queues"] = verdict.queues
+        status["queueCount"] = len(verdict.queues)
+        status["pending"] = sum(int(q.get("pending", 0)) for q in verdict.queues)
+        ready = sum(int(q.get("readyReplicas", 0)) for q in verdict.queues)
+        desired = sum(int(q.get("replicas", 0)) for q in verdict.queues)
+        status["workers"] = f"{ready}/{desired}"
+    return status
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    if conditions.conditions_differ(old.get("conditions"), new.get("conditions")):
+        return True
+    return any(old.get(key) != value for key, value in new.items() if key != "conditions")
+
+
+def _event_for(old_status: Mapping[str, Any], new_status: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """One Event when Ready flips or its reason changes: (type, reason, message)."""
+    before = conditions.get_condition(old_status.get("conditions"), conditions.READY) or {}
+    after = conditions.get_condition(new_status.get("conditions"), conditions.READY) or {}
+    if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):
+        return None
+    if after.get("status") == "True":
+        return "Normal", "Ready", after.get("message", "")
+    return "Warning", after.get("reason", "NotReady"), after.get("message", "")
+
+
+def report(runtime: Runtime, body: Mapping[str, Any], identity: ObjectIdentity, verdict: Verdict,
+           now: datetime.datetime) -> None:
+    old_status = body.get("status") or {}
+    new_status = compose_status(body, identity, verdict, now)
+    if not status_changed(old_status, new_status):
+        return
+    runtime.kube.patch_status(naming.API_VERSION, naming.TASKQUEUE_KIND, identity.namespace, identity.name, new_status)
+    event = _event_for(old_status, new_status)
+    if event is not None:
+        runtime.kube.post_event(body, *event)
+
+
+# --- the whole pass --------------------------------------------------------------------------
+
+def converge(runtime: Runtime, body: Mapping[str, Any], observed: Mapping[ChildKey, Manifest]) -> Verdict:
+    identity = ObjectIdentity.from_body(body)
+    try:
+        validate_taskqueue_name(identity.name)
+        spec = TaskQueueSpec.parse(body.get("spec"))
+    except SpecError as error:
+        return Verdict(broker=None, workers=None, blocked=Blocked("InvalidSpec", str(error)))
+    try:
+        observed = _with_live_broker_secret(runtime.kube, identity, observed)
+        access = broker_access(runtime.kube, identity, spec,
+                               observed.get(("v1", "Secret", naming.broker_name(identity.name))))
+        desired = builders.desired_children(identity, spec, broker_password=access.password,
+                                            external_broker_url=access.external_url)
+        live = resolve_live_children(runtime.kube, identity, desired, observed)
+        children = apply_children(runtime, identity, spec, desired, live)
+        for name in delete_unwanted(runtime.kube, identity, desired, observed):
+            logger.info("deleted %s in %s: no longer in the spec", name, identity.namespace)
+    except Blocked as blocked:
+        return Verdict(broker=None, workers=None, blocked=blocked)
+    previous_queues = (body.get("status") or {}).get("queues") or []
+    return Verdict(
+        broker=broker_condition(runtime, access),
+        workers=workers_condition(identity, spec, children),
+        blocked=None,
+        queues=queue_statuses(identity, spec, children, previous_queues),
+    )
+
+
+def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Iterable[Manifest],
+                        now: datetime.datetime | None = None) -> None:
+    """One level-triggered pass over a TaskQueue. Errors a retry can fix propagate (kopf retries)."""
+    identity = ObjectIdentity.from_body(body)
+    observed_by_key = {child_key(item): item for item in observed}
+    with runtime.lock_for(identity.uid):
+        verdict = converge(runtime, body, observed_by_key)
+        report(runtime, body, identity, verdict, now or _now())
+
+
+__all__ = ["Blocked", "Runtime", "reconcile_taskqueue", "satisfied_by", "KubeError"]

@@ -1,0 +1,72 @@
+"""Run the operator as a subprocess against the devcluster, exactly as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers.devcluster import DevCluster
+from tests.helpers.processes import free_port
+from tests.helpers.waiting import wait_for
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CRDS = PROJECT_ROOT / "crds"
+
+
+def apply_crds(cluster: DevCluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+    for path in sorted(CRDS.glob("*.yaml")):
+        cluster.kubectl("wait", "--for=condition=Established", "-f", str(path), "--timeout=60s")
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen
+    log: Path
+    health_url: str
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_operator(cluster: DevCluster, log: Path, extra_env: dict[str, str] | None = None,
+                   args: tuple[str, ...] = ("--all-namespaces",)) -> OperatorProcess:
+    port = free_port()
+    health_url = f"http://127.0.0.1:{port}/healthz"
+    env = dict(cluster.env(), CELERY_OPERATOR_RESYNC_SECONDS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery_operator", *args, "--liveness", health_url],
+        stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT,
+    )
+    running = OperatorProcess(process=process, log=log, health_url=health_url)
+
+    def started() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"operator exited with {process.returncode}:\n{running.log_text()[-4000:]}")
+        return running.healthy()
+
+    wait_for(started, 60, "the operator's health endpoint")
+    return running

@@ -30,6 +30,16 @@ DEFAULT_DIR = PROJECT_ROOT / ".devcluster" / "default"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "agent")
 STOP_ORDER = ("agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Requests made with ServiceAccount tokens outside kube-system (pods' identities, an operator under
+# test) go to DIR/logs/audit.log: benchmarks count them, RBAC tests read the denials.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
 
 
 class ClusterError(RuntimeError):
@@ -287,6 +297,9 @@ def _apiserver_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> lis
         # the only "node" is this machine's loopback: no endpoint for the kubernetes Service
         "--endpoint-reconciler-type=none",
         f"--cert-dir={cluster.dir / 'apiserver-certs'}",
+        f"--audit-policy-file={cluster.dir / 'audit-policy.yaml'}",
+        f"--audit-log-path={cluster.logs_dir / 'audit.log'}", "--audit-log-format=json",
+        "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
         "--profiling=false", "--v=1",
     ]
 
@@ -383,6 +396,7 @@ def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, timeout: float 
     _write_kubeconfig(cluster, state, cluster.dir / "controller-manager.kubeconfig",
                       "controller-manager", "system:kube-controller-manager")
     _write_kubeconfig(cluster, state, cluster.dir / "scheduler.kubeconfig", "scheduler", "system:kube-scheduler")
+    (cluster.dir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
     cluster.save(state)
     try:
         _start_control_plane(cluster, state, bin_dir, timeout)

@@ -47,10 +47,14 @@ def _children(uid: str, *indexes: kopf.Index) -> list[dict[str, Any]]:
     return [item for index in indexes for item in index.get(uid, [])]
 
 
-@kopf.on.resume(*_TASKQUEUES)
-@kopf.on.create(*_TASKQUEUES)
-@kopf.on.update(*_TASKQUEUES)
-@kopf.timer(*_TASKQUEUES, interval=load().resync_seconds, initial_delay=load().resync_seconds)
+# a failed pass is retried after one resync period, not kopf's default minute
+_RETRY = load().resync_seconds
+
+
+@kopf.on.resume(*_TASKQUEUES, backoff=_RETRY)
+@kopf.on.create(*_TASKQUEUES, backoff=_RETRY)
+@kopf.on.update(*_TASKQUEUES, backoff=_RETRY)
+@kopf.timer(*_TASKQUEUES, interval=_RETRY, initial_delay=_RETRY, backoff=_RETRY)
 def reconcile_taskqueue(body: kopf.Body, uid: str, memo: kopf.Memo, owned_deployments: kopf.Index,
                         owned_services: kopf.Index, owned_secrets: kopf.Index,
                         owned_volume_claims: kopf.Index, **_: Any) -> None:

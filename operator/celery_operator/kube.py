@@ -208,11 +208,18 @@ class Kube:
             raise
         return True
 
-    def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                     status: Mapping[str, Any]) -> Manifest:
-        """Merge-patch the status subresource (lists in it, like conditions, are replaced whole)."""
+    def apply_status(self, api_version: str, kind: str, namespace: str, name: str,
+                     status: Mapping[str, Any], field_manager: str) -> Manifest:
+        """Server-side apply of the status fields `field_manager` owns; other writers' fields stay.
+
+        The status lists (conditions by type, queues by name) are map lists in the CRD, so the
+        reconciler and the scaler each own their own entries and fields without lost updates.
+        """
         path = resource_type(api_version, kind).object_path(namespace, name) + "/status"
-        return self._call("STATUS", "PATCH", path, body={"status": dict(status)}, content_type=MERGE_PATCH)
+        body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace},
+                "status": dict(status)}
+        return self._call("STATUS", "PATCH", path, body=body,
+                          query=[("fieldManager", field_manager), ("force", "true")], content_type=APPLY_PATCH)
 
     def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
                        annotations: Mapping[str, str | None]) -> Manifest:

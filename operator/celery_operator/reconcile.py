@@ -273,18 +273,14 @@ def _deployment_ready(deployment: Manifest) -> tuple[int, int, bool]:
     return desired, ready, settled
 
 
-def queue_statuses(identity: ObjectIdentity, spec: TaskQueueSpec, children: Mapping[ChildKey, Manifest],
-                   previous: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per queue: replicas and readyReplicas from the Deployment; the scaler's fields are kept."""
-    before = {entry.get("name"): entry for entry in previous or ()}
+def queue_statuses(identity: ObjectIdentity, spec: TaskQueueSpec,
+                   children: Mapping[ChildKey, Manifest]) -> list[dict[str, Any]]:
+    """Per queue, what the reconciler owns: replicas and readyReplicas of its Deployment."""
     entries = []
     for queue in spec.queues:
         deployment = children.get(("apps/v1", "Deployment", naming.worker_name(identity.name, queue.name)), {})
-        replicas = int(deployment.get("spec", {}).get("replicas", 0))
-        entry = {"pending": 0, "inFlight": 0, "desiredReplicas": replicas, **before.get(queue.name, {})}
-        entry.update(name=queue.name, replicas=replicas,
-                     readyReplicas=int(deployment.get("status", {}).get("readyReplicas", 0)))
-        entries.append(entry)
+        entries.append({"name": queue.name, "replicas": int(deployment.get("spec", {}).get("replicas", 0)),
+                        "readyReplicas": int(deployment.get("status", {}).get("readyReplicas", 0))})
     return entries
 
 
@@ -335,11 +331,26 @@ def _ready_from(verdict: Verdict) -> tuple[str, str, str]:
     return "True", "Ready", "the broker answers and every queue's workers are available"
 
 
+RECONCILER_CONDITIONS = (conditions.BROKER_READY, conditions.WORKERS_READY, conditions.READY)
+QUEUE_FIELDS = ("name", "replicas", "readyReplicas")
+
+
+def _own_queue_fields(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: entry[key] for key in QUEUE_FIELDS if key in entry} for entry in entries]
+
+
+def _own_conditions(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [dict(c) for c in status.get("conditions") or [] if c.get("type") in RECONCILER_CONDITIONS]
+
+
 def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: Verdict,
                    now: datetime.datetime) -> dict[str, Any]:
-    """The TaskQueue's new status; fields and conditions owned by others (the scaler) are kept."""
-    previous = dict(body.get("status") or {})
-    current = [c for c in previous.get("conditions") or [] if isinstance(c, Mapping)]
+    """The status fields the reconciler owns (applied under its field manager; the scaler owns the rest).
+
+    A blocked pass sets Ready only and restates what it owned before, so nothing it cannot see now is lost.
+    """
+    previous = body.get("status") or {}
+    current = _own_conditions(previous)
     for kind, triple in ((conditions.BROKER_READY, verdict.broker), (conditions.WORKERS_READY, verdict.workers),
                          (conditions.READY, _ready_from(verdict))):
         if triple is None:
@@ -347,23 +358,26 @@ def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: V
         status, reason, message = triple
         current = conditions.set_condition(current, type=kind, status=status, reason=reason, message=message,
                                            observed_generation=identity.generation, now=now)
-    status = {key: value for key, value in previous.items() if key != "kopf"}
-    status.update(conditions=current, observedGeneration=identity.generation,
-                  brokerSecretName=naming.broker_name(identity.name))
-    if verdict.queues is not None:
-        status["queues"] = verdict.queues
-        status["queueCount"] = len(verdict.queues)
-        status["pending"] = sum(int(q.get("pending", 0)) for q in verdict.queues)
-        ready = sum(int(q.get("readyReplicas", 0)) for q in verdict.queues)
-        desired = sum(int(q.get("replicas", 0)) for q in verdict.queues)
-        status["workers"] = f"{ready}/{desired}"
-    return status
+    composed: dict[str, Any] = {"conditions": current, "observedGeneration": identity.generation,
+                                "brokerSecretName": naming.broker_name(identity.name)}
+    if verdict.queues is None:
+        composed.update({key: previous[key] for key in ("queueCount", "workers") if key in previous})
+        if previous.get("queues"):
+            composed["queues"] = _own_queue_fields(previous["queues"])
+        return composed
+    ready = sum(q["readyReplicas"] for q in verdict.queues)
+    desired = sum(q["replicas"] for q in verdict.queues)
+    composed.update(queues=verdict.queues, queueCount=len(verdict.queues), workers=f"{ready}/{desired}")
+    return composed
 
 
 def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    if conditions.conditions_differ(old.get("conditions"), new.get("conditions")):
+    """Whether the live status differs from the reconciler's part `new` (other writers' fields ignored)."""
+    if conditions.conditions_differ(_own_conditions(old), new.get("conditions")):
         return True
-    return any(old.get(key) != value for key, value in new.items() if key != "conditions")
+    if _own_queue_fields(old.get("queues") or []) != new.get("queues", _own_queue_fields(old.get("queues") or [])):
+        return True
+    return any(old.get(key) != value for key, value in new.items() if key not in ("conditions", "queues"))
 
 
 def _event_for(old_status: Mapping[str, Any], new_status: Mapping[str, Any]) -> tuple[str, str, str] | None:
@@ -383,7 +397,8 @@ def report(runtime: Runtime, body: Mapping[str, Any], identity: ObjectIdentity, 
     new_status = compose_status(body, identity, verdict, now)
     if not status_changed(old_status, new_status):
         return
-    runtime.kube.patch_status(naming.API_VERSION, naming.TASKQUEUE_KIND, identity.namespace, identity.name, new_status)
+    runtime.kube.apply_status(naming.API_VERSION, naming.TASKQUEUE_KIND, identity.namespace, identity.name,
+                              new_status, runtime.settings.field_manager)
     event = _event_for(old_status, new_status)
     if event is not None:
         runtime.kube.post_event(body, *event)
@@ -410,12 +425,11 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Mapping[ChildK
             logger.info("deleted %s in %s: no longer in the spec", name, identity.namespace)
     except Blocked as blocked:
         return Verdict(broker=None, workers=None, blocked=blocked)
-    previous_queues = (body.get("status") or {}).get("queues") or []
     return Verdict(
         broker=broker_condition(runtime, access),
         workers=workers_condition(identity, spec, children),
         blocked=None,
-        queues=queue_statuses(identity, spec, children, previous_queues),
+        queues=queue_statuses(identity, spec, children),
     )
 
 

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import celery
 import kubernetes
+import redis
 import pytest
 
 from tests.helpers.devcluster import DevCluster
@@ -101,7 +103,7 @@ def test_managed_broker_children_names_labels_owners_and_security(tqs: TaskQueue
 
     printed = tqs.cluster.kubectl("get", "tq", "-n", tqs.namespace).stdout.splitlines()
     assert printed[0].split() == ["NAME", "READY", "QUEUES", "PENDING", "WORKERS", "AGE"]
-    assert printed[1].split()[2:5] == ["2", "0", "0/0"]
+    assert printed[1].split()[2] == "2" and printed[1].split()[-2] == "0/0"
 
     # the URL and its password appear nowhere but in the Secret
     everything = [
@@ -226,3 +228,34 @@ def test_quiet_when_settled(tqs: TaskQueues, redis_server: RedisServer) -> None:
     settled = wait_for(lambda: (v := tqs.resource_versions("calm")) and len(v) >= 5 and v, 30, "all children")
     time.sleep(5)  # the operator resyncs every second: five reconciles with nothing to do
     assert tqs.resource_versions("calm") == settled
+
+
+def test_managed_redis_runs_with_its_password_and_workers_consume(tqs: TaskQueues) -> None:
+    """The node agent runs the managed Redis and a real worker; a producer uses the Secret's URL."""
+    tqs.apply(taskqueue("live", queues=[{"name": "jobs", "replicas": 1}]))
+    tqs.wait_condition("live", "Ready", "True", timeout=120)
+    url = _secret_values(tqs, "live-broker")["url"]
+
+    anonymous = redis.Redis.from_url(url.replace(f":{_secret_values(tqs, 'live-broker')['password']}@", ""))
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+
+    producer = celery.Celery(broker=url)
+    producer.send_task("myapp.tasks.record", args=["runs", "hello"], queue="jobs")
+    client = redis.Redis.from_url(url)
+    [entry] = wait_for(lambda: client.lrange("runs", 0, -1), 60, "the worker to run the task")
+    recorded = json.loads(entry)
+    assert recorded["value"] == "hello"
+    worker_pod = tqs.core.list_namespaced_pod(
+        tqs.namespace, label_selector="celery-operator.dev/queue=jobs").items[0].metadata.name
+    assert recorded["hostname"] == f"jobs@{worker_pod}"
+
+
+def test_persistence_gets_a_volume_claim(tqs: TaskQueues) -> None:
+    tqs.apply(taskqueue("disk", broker={"managed": {"persistence": {"size": "2Gi", "storageClassName": "fast"}}}))
+    claim = wait_for(lambda: tqs.core.list_namespaced_persistent_volume_claim(
+        tqs.namespace, label_selector="app.kubernetes.io/instance=disk").items, 30, "the broker's PVC")[0]
+    assert (claim.metadata.name, claim.spec.resources.requests["storage"], claim.spec.storage_class_name) == (
+        "disk-broker", "2Gi", "fast")
+    volumes = tqs.deployment("disk-broker").spec.template.spec.volumes
+    assert [v.persistent_volume_claim.claim_name for v in volumes if v.persistent_volume_claim] == ["disk-broker"]

@@ -41,11 +41,14 @@ def sleep(seconds: float) -> float:
 
 
 @shared_task(bind=True)
-def record(self, key: str, value: Any = None) -> str:
-    """Append {"id", "value", "hostname"} to the Redis list `key`, so a test sees which runs happened.
+def record(self, key: str, value: Any = None, seconds: float = 0) -> str:
+    """Append {"id", "value", "hostname"} to the Redis list `key`, so a test sees which runs happened;
+    after `seconds` of work when given (a task that must survive a scale-down).
 
     The list lives at RECORD_REDIS_URL, by default the broker.
     """
+    if seconds:
+        time.sleep(seconds)
     url = os.environ.get("RECORD_REDIS_URL") or current_app.conf.broker_url
     entry = json.dumps({"id": self.request.id, "value": value, "hostname": self.request.hostname})
     client = redis.Redis.from_url(url)

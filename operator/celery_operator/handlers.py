@@ -6,11 +6,13 @@ settled TaskQueue is reconciled from memory without reading the API.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import kopf
 
-from . import naming, reconcile
+from . import autoscaler, metrics, naming, reconcile
 from .kube import controller_uid
 from .settings import configure, load  # noqa: F401  (registers the startup hook)
 
@@ -43,6 +45,15 @@ def owned_volume_claims(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] 
     return _by_owner(body)
 
 
+@kopf.index("v1", "pods", labels={**_OURS, naming.LABEL_COMPONENT: naming.WORKER})
+def worker_pods(body: kopf.Body, namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations,
+                **_: Any) -> dict[tuple[str, str, str], autoscaler.WorkerPod] | None:
+    if body.metadata.get("deletionTimestamp"):
+        return None  # already leaving: not a candidate for anything
+    key = (namespace, labels.get(naming.LABEL_INSTANCE, ""), labels.get(naming.LABEL_QUEUE, ""))
+    return {key: autoscaler.WorkerPod(name=name, annotations=dict(annotations))}
+
+
 def _children(uid: str, *indexes: kopf.Index) -> list[dict[str, Any]]:
     return [item for index in indexes for item in index.get(uid, [])]
 
@@ -62,6 +73,30 @@ def reconcile_taskqueue(body: kopf.Body, uid: str, memo: kopf.Memo, owned_deploy
     reconcile.reconcile_taskqueue(memo.runtime, body, children)
 
 
+@kopf.daemon(*_TASKQUEUES, cancellation_timeout=10)
+async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid: str, name: str, namespace: str,
+                              memo: kopf.Memo, logger: logging.Logger, owned_deployments: kopf.Index,
+                              owned_secrets: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
+    """Measure every queue and scale the autoscaled ones, every spec.autoscaling.pollIntervalSeconds."""
+    runtime = memo.runtime
+    loop = asyncio.get_running_loop()
+
+    def pods_of(queue_dns: str) -> list[autoscaler.WorkerPod]:
+        return list(worker_pods.get((namespace, name, queue_dns), []))
+
+    try:
+        while not stopped:
+            children = _children(uid, owned_deployments, owned_secrets)
+            try:
+                await loop.run_in_executor(runtime.scaler_pool, autoscaler.tick, runtime, body, children, pods_of)
+            except Exception:  # the next tick is the retry; the loop must outlive one bad tick
+                logger.exception("scaler tick failed")
+            await stopped.wait(autoscaler.poll_interval(body))
+    finally:
+        runtime.brokers.release(uid)
+
+
 @kopf.on.delete(*_TASKQUEUES, optional=True)
-def forget_taskqueue(uid: str, memo: kopf.Memo, **_: Any) -> None:
+def forget_taskqueue(uid: str, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.forget(uid)
+    metrics.forget_taskqueue(namespace, name)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -23,11 +22,11 @@ from . import builders, conditions, naming
 from .builders import ChildKey, child_key
 from .kube import Kube, KubeError, Manifest, controller_uid
 from .models import ObjectIdentity, SpecError, TaskQueueSpec, validate_taskqueue_name
+from .runtime import Runtime
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 
-BrokerProbe = Callable[[str, float], "str | None"]  # (url, timeout) -> None when reachable, else why not
 PASSWORD_BYTES = 24
 
 
@@ -39,33 +38,6 @@ class Blocked(Exception):
         self.reason = reason
         self.message = message
         self.condition = condition
-
-
-@dataclass
-class Runtime:
-    """What every reconcile shares: the API client, the broker probe, settings, per-object locks."""
-
-    kube: Kube
-    settings: OperatorSettings
-    probe_broker: BrokerProbe
-    _locks: dict[str, threading.Lock] = field(default_factory=dict)
-    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
-
-    @classmethod
-    def create(cls, settings: OperatorSettings) -> "Runtime":
-        from . import broker_probe
-
-        return cls(kube=Kube.from_environment(settings.api_timeout_seconds), settings=settings,
-                   probe_broker=broker_probe.probe)
-
-    def lock_for(self, uid: str) -> threading.Lock:
-        """Timers and change handlers of one object may run at once in kopf's thread pool."""
-        with self._locks_guard:
-            return self._locks.setdefault(uid, threading.Lock())
-
-    def forget(self, uid: str) -> None:
-        with self._locks_guard:
-            self._locks.pop(uid, None)
 
 
 # --- comparing desired with live ------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from . import naming
+from . import metrics, naming
 
 ENV_PREFIX = "CELERY_OPERATOR_"
 
@@ -67,7 +67,7 @@ def load() -> OperatorSettings:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """The one configuration hook: kopf's behaviour and the runtime shared by all handlers."""
-    from .reconcile import Runtime  # the runtime opens API and broker clients: not at import time
+    from .runtime import Runtime  # the runtime opens API and broker clients: not at import time
 
     ours = load()
     logging.getLogger("celery_operator").setLevel(ours.log_level.upper())
@@ -82,4 +82,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
     memo.runtime = Runtime.create(ours)
+    metrics.serve(ours.metrics_port)
     logger.info("celery-operator configured: %s", ours)
+
+
+@kopf.on.cleanup()
+def close_runtime(memo: kopf.Memo, **_: Any) -> None:
+    runtime = getattr(memo, "runtime", None)
+    if runtime is not None:
+        runtime.close()

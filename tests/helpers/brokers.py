@@ -2,18 +2,20 @@
 RabbitMQ node of its own, a TCP listener that never answers, and gated tasks.
 
 Every server runs on free ports in the test's temporary directory, in its own session, and is
-stopped by its own pid. Import the fixtures into a test module:
-`from tests.helpers.brokers import rabbitmq, redis_broker  # noqa: F401`.
+stopped by its own pid. The test module wraps these in its fixtures.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +25,37 @@ import redis
 from celery import Celery
 
 from tests.helpers.broker_app import HOLD
-from tests.helpers.processes import REPO_ROOT, CeleryWorker, free_port, log_tail, start_worker, stop_process
+from tests.helpers.processes import (
+    REPO_ROOT,
+    CeleryWorker,
+    log_tail,
+    start_worker,
+    stop_process,
+)
 from tests.helpers.waiting import wait_for
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def server_port() -> int:
+    """A free port below the ephemeral range. A port from bind(0) is an ephemeral one: until the
+    server binds it, any outgoing connection may take it (seen here: RabbitMQ's distribution port)."""
+    low, _high = _ephemeral_range()
+    for _ in range(200):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 REDIS_PASSWORD = "s3cret-Redis-pw"
 RABBIT_USER = "operator"
@@ -39,7 +70,7 @@ EPMD = "epmd"
 @dataclass
 class RedisBroker:
     workdir: Path
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=server_port)
     process: subprocess.Popen | None = None
 
     @property
@@ -54,6 +85,7 @@ class RedisBroker:
         return redis.Redis.from_url(self.url, socket_timeout=5)
 
     def start(self, timeout: float = 15) -> None:
+        """Start (again, on the same port after stop())."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: apt-get install -y redis-server")
@@ -79,26 +111,15 @@ class RedisBroker:
             self.process = None
 
 
-@pytest.fixture
-def redis_broker(tmp_path: Path) -> Iterator[RedisBroker]:
-    """A password-protected redis-server on a free port, for one test."""
-    broker = RedisBroker(tmp_path / "redis")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 # --- RabbitMQ -----------------------------------------------------------------------------------
 
 
 @dataclass
 class RabbitBroker:
     workdir: Path
-    port: int = field(default_factory=free_port)
-    dist_port: int = field(default_factory=free_port)
-    epmd_port: int = field(default_factory=free_port)
+    port: int = field(default_factory=server_port)
+    dist_port: int = field(default_factory=server_port)
+    epmd_port: int = field(default_factory=server_port)
     node: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}@localhost")
     process: subprocess.Popen | None = None
     epmd: subprocess.Popen | None = None
@@ -154,21 +175,22 @@ class RabbitBroker:
                 start_new_session=True,
             )
 
-        def answers() -> bool:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited {self.process.returncode}:\n{log_tail(self.log)}")
+        deadline = time.monotonic() + timeout
+        while True:  # not wait_for: a node that exited must fail the start at once, with its log
+            code = self.process.poll()
+            if code is not None:
+                self.stop()
+                raise RuntimeError(f"rabbitmq-server exited {code}:\n{log_tail(self.log)}")
             try:
                 with kombu.Connection(self.url, connect_timeout=2) as connection:
-                    connection.connect()
-                    return True
+                    connection.ensure_connection(max_retries=0)
+                    return
             except (OSError, kombu.exceptions.OperationalError):
-                return False
-
-        try:
-            wait_for(answers, timeout, f"rabbitmq-server {self.node} on port {self.port}", interval=0.25)
-        except BaseException:
-            self.stop()
-            raise
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"rabbitmq-server {self.node} not answering on {self.port} after {timeout}s")
+            time.sleep(0.25)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -180,21 +202,10 @@ class RabbitBroker:
             self.epmd = None
 
 
-@pytest.fixture(scope="module")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
-    """A RabbitMQ node of its own (about 4 s to start), shared by one test module."""
-    broker = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 # --- a listener that accepts TCP connections and never says a word ------------------------------
 
 
-@pytest.fixture
+@contextmanager
 def silent_listener() -> Iterator[int]:
     """A port whose TCP handshake succeeds (the kernel completes it) but that never answers."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -222,13 +233,6 @@ class Gate:
 
     def release(self) -> None:
         (self.directory / "release").touch()
-
-
-@pytest.fixture
-def gate(tmp_path: Path) -> Gate:
-    directory = tmp_path / "gate"
-    directory.mkdir()
-    return Gate(directory)
 
 
 def producer(url: str, **conf: object) -> Celery:

@@ -1,0 +1,47 @@
+"""Prometheus metrics of the operator, served on /metrics when CELERY_OPERATOR_METRICS_PORT is set."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from .models import ObjectIdentity
+
+_QUEUE_LABELS = ("namespace", "taskqueue", "queue")
+
+QUEUE_PENDING = Gauge("celery_operator_queue_pending", "Messages waiting in the broker for the queue.",
+                      _QUEUE_LABELS)
+QUEUE_IN_FLIGHT = Gauge("celery_operator_queue_in_flight",
+                        "Messages reserved or executing on the queue's workers.", _QUEUE_LABELS)
+QUEUE_DESIRED_REPLICAS = Gauge("celery_operator_queue_desired_replicas",
+                               "Worker replicas the scaler wants for the queue (before stabilization).",
+                               _QUEUE_LABELS)
+QUEUE_REPLICAS = Gauge("celery_operator_queue_replicas", "The queue's worker Deployment spec.replicas.",
+                       _QUEUE_LABELS)
+SCALE_EVENTS = Counter("celery_operator_scale_total", "Scale operations by direction.",
+                       (*_QUEUE_LABELS, "direction"))
+BROKER_ERRORS = Counter("celery_operator_broker_errors_total", "Scaler ticks that could not read the broker.",
+                        ("namespace", "taskqueue"))
+TICK_SECONDS = Histogram("celery_operator_scaler_tick_seconds", "Duration of one scaler tick of a TaskQueue.",
+                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+_PER_QUEUE = (QUEUE_PENDING, QUEUE_IN_FLIGHT, QUEUE_DESIRED_REPLICAS, QUEUE_REPLICAS)
+
+
+def record_queue(identity: ObjectIdentity, queue: str, pending: int, in_flight: int, desired: int,
+                 replicas: int) -> None:
+    labels = (identity.namespace, identity.name, queue)
+    for gauge, value in zip(_PER_QUEUE, (pending, in_flight, desired, replicas)):
+        gauge.labels(*labels).set(value)
+
+
+def forget_taskqueue(namespace: str, name: str) -> None:
+    """Drop the series of a deleted TaskQueue, so dashboards do not show ghosts."""
+    for gauge in _PER_QUEUE:
+        for labels in list(gauge._metrics):  # prometheus_client has no public way to list label sets
+            if labels[:2] == (namespace, name):
+                gauge.remove(*labels)
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

@@ -1,0 +1,122 @@
+"""What every handler shares for the life of the operator process: the API client, settings,
+per-object locks, one broker connection set per broker URL, and the scaler's memory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import broker, broker_probe
+from .kube import Kube
+from .scaling import History
+from .settings import OperatorSettings
+
+BrokerProbe = Callable[[str, float], "str | None"]  # (url, timeout) -> None when reachable, else why not
+
+
+@dataclass
+class BrokerHandles:
+    """A depth reader and a heartbeat monitor for one broker, shared by the TaskQueues using it."""
+
+    reader: broker.DepthReader
+    monitor: broker.HeartbeatMonitor
+    users: set[str] = field(default_factory=set)
+
+    def close(self) -> None:
+        self.monitor.stop()
+        self.reader.close()
+
+
+class BrokerRegistry:
+    """Opens a broker's handles on first use and closes them when its last TaskQueue lets go."""
+
+    def __init__(self, timeout: float):
+        self._timeout = timeout
+        self._by_url: dict[str, BrokerHandles] = {}
+        self._url_of_user: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, user: str, url: str) -> BrokerHandles:
+        with self._lock:
+            previous = self._url_of_user.get(user)
+            if previous is not None and previous != url:
+                self._release_locked(user)
+            handles = self._by_url.get(url)
+            if handles is None:
+                monitor = broker.HeartbeatMonitor(url, timeout=self._timeout)
+                handles = BrokerHandles(reader=broker.depth_reader_for(url, timeout=self._timeout), monitor=monitor)
+                monitor.start()
+                self._by_url[url] = handles
+            handles.users.add(user)
+            self._url_of_user[user] = url
+            return handles
+
+    def release(self, user: str) -> None:
+        with self._lock:
+            self._release_locked(user)
+
+    def _release_locked(self, user: str) -> None:
+        url = self._url_of_user.pop(user, None)
+        handles = self._by_url.get(url) if url else None
+        if handles is None:
+            return
+        handles.users.discard(user)
+        if not handles.users:
+            del self._by_url[url]
+            handles.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for handles in self._by_url.values():
+                handles.close()
+            self._by_url.clear()
+            self._url_of_user.clear()
+
+
+@dataclass
+class QueueMemory:
+    """What the scaler remembers of one queue between ticks."""
+
+    history: History = field(default_factory=History)
+    last_scale_time: str | None = None
+
+
+@dataclass
+class Runtime:
+    kube: Kube
+    settings: OperatorSettings
+    probe_broker: BrokerProbe
+    brokers: BrokerRegistry
+    # broker reads block for up to their timeout: a pool of their own, so slow brokers never
+    # starve kopf's handler threads or one another
+    scaler_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, "scaler"))
+    memory: dict[str, dict[str, QueueMemory]] = field(default_factory=dict)
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, settings: OperatorSettings) -> "Runtime":
+        return cls(kube=Kube.from_environment(settings.api_timeout_seconds), settings=settings,
+                   probe_broker=broker_probe.probe, brokers=BrokerRegistry(settings.broker_timeout_seconds))
+
+    def lock_for(self, uid: str) -> threading.Lock:
+        """Timers and change handlers of one object may run at once in kopf's thread pool."""
+        with self._locks_guard:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    def queue_memory(self, uid: str, queue: str) -> QueueMemory:
+        with self._locks_guard:
+            return self.memory.setdefault(uid, {}).setdefault(queue, QueueMemory())
+
+    def forget(self, uid: str) -> None:
+        with self._locks_guard:
+            self._locks.pop(uid, None)
+            self.memory.pop(uid, None)
+        self.brokers.release(uid)
+
+    def close(self) -> None:
+        self.brokers.close()
+        self.scaler_pool.shutdown(wait=False, cancel_futures=True)
+        self.kube.close()

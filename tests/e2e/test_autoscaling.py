@@ -1,0 +1,148 @@
+"""Queue-depth autoscaling end to end: the operator, the devcluster's node agent running real
+Celery workers of the sample app, and a real Redis the test starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import celery
+import pytest
+import redis
+
+from tests.helpers.devcluster import DevCluster
+from tests.helpers.operator import OperatorProcess
+from tests.helpers.processes import RedisServer, start_redis
+from tests.helpers.taskqueues import TaskQueues, taskqueue
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def tqs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> Iterator[TaskQueues]:
+    handle = TaskQueues(devcluster, namespace)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def autoscaled(name: str, url: str, max_replicas: int = 4, window: int = 4, **queue: Any) -> dict[str, Any]:
+    return taskqueue(
+        name, broker={"url": url}, resultBackend={"url": url},
+        queues=[{"name": "jobs", "autoscaling": {"maxReplicas": max_replicas, **queue.pop("autoscaling", {})},
+                 "terminationGracePeriodSeconds": 60, **queue}],
+        autoscaling={"pollIntervalSeconds": 1, "scaleDownStabilizationSeconds": window})
+
+
+def send(url: str, count: int, key: str, seconds: float = 0, queue: str = "jobs", **options: Any) -> None:
+    producer = celery.Celery(broker=url)
+    with producer.connection_for_write() as connection:
+        for index in range(count):
+            producer.send_task("myapp.tasks.record", args=[key, index, seconds], queue=queue,
+                               connection=connection, **options)
+
+
+def recorded(url: str, key: str) -> list[dict[str, Any]]:
+    return [json.loads(item) for item in redis.Redis.from_url(url).lrange(key, 0, -1)]
+
+
+def replicas(tqs: TaskQueues, deployment: str) -> int:
+    return tqs.deployment(deployment).spec.replicas
+
+
+def queue_status(tqs: TaskQueues, name: str, queue: str = "jobs") -> dict[str, Any]:
+    for entry in tqs.get(name).get("status", {}).get("queues", []):
+        if entry["name"] == queue:
+            return entry
+    return {}
+
+
+def test_a_burst_scales_up_drains_and_returns_to_zero(tqs: TaskQueues, redis_server: RedisServer) -> None:
+    url = redis_server.url
+    tqs.apply(autoscaled("burst", url))
+    tqs.wait_condition("burst", "Ready", "True")
+    tqs.wait_condition("burst", "Autoscaling", "True")
+    assert replicas(tqs, "burst-worker-jobs") == 0
+
+    send(url, 24, "burst-runs", seconds=0.5)
+    wait_for(lambda: queue_status(tqs, "burst").get("pending", 0) > 0, 10, "the backlog in the status")
+    peak = wait_for(lambda: (n := replicas(tqs, "burst-worker-jobs")) > 1 and n, 20, "a scale-up")
+    assert peak <= 4
+    wait_for(lambda: len(recorded(url, "burst-runs")) == 24, 120, "all 24 tasks to run")
+    assert sorted(entry["value"] for entry in recorded(url, "burst-runs")) == list(range(24)), "none lost or doubled"
+    wait_for(lambda: replicas(tqs, "burst-worker-jobs") == 0, 60, "the return to zero after the window")
+
+    reasons = {event.reason: event.message for event in tqs.events("burst")}
+    assert "ScaledUp" in reasons and "ScaledDown" in reasons
+    assert "0 → " in reasons["ScaledUp"] and "pending" in reasons["ScaledUp"]
+    status = queue_status(tqs, "burst")
+    assert (status["pending"], status["inFlight"], status["desiredReplicas"]) == (0, 0, 0)
+    assert status["lastScaleTime"]
+
+
+def test_a_long_task_outlives_the_scale_down(tqs: TaskQueues, redis_server: RedisServer) -> None:
+    """The worker running a task longer than the window is the last to go, and the task completes."""
+    url = redis_server.url
+    tqs.apply(autoscaled("long", url, max_replicas=3, window=3))
+    tqs.wait_condition("long", "Ready", "True")
+    tqs.wait_condition("long", "Autoscaling", "True")
+
+    send(url, 1, "long-runs", seconds=25)
+    send(url, 10, "short-runs", seconds=1)
+    wait_for(lambda: replicas(tqs, "long-worker-jobs") >= 2, 30, "a scale-up")
+    wait_for(lambda: len(recorded(url, "short-runs")) == 10, 90, "the short tasks")
+    wait_for(lambda: replicas(tqs, "long-worker-jobs") == 1, 30, "the scale-down to the one busy worker")
+    assert recorded(url, "long-runs") == [], "the long task is still running"
+
+    [entry] = wait_for(lambda: recorded(url, "long-runs"), 60, "the long task to complete")
+    assert entry["value"] == 0
+    wait_for(lambda: replicas(tqs, "long-worker-jobs") == 0, 60, "the last worker to go once idle")
+
+
+def test_priority_messages_count_toward_pending(tqs: TaskQueues, redis_server: RedisServer) -> None:
+    url = redis_server.url
+    tqs.apply(taskqueue("prio", broker={"url": url}, queues=[{"name": "jobs", "replicas": 0}]))
+    tqs.wait_condition("prio", "Ready", "True")
+    for priority in (0, 5, 9):
+        send(url, 2, "never", priority=priority)
+    wait_for(lambda: queue_status(tqs, "prio").get("pending") == 6, 20, "pending to count all priorities")
+    assert tqs.get("prio")["status"]["pending"] == 6
+
+
+def test_broker_outage_holds_replicas_then_scaling_resumes(tqs: TaskQueues, redis_server: RedisServer,
+                                                          tmp_path: Path) -> None:
+    url = redis_server.url
+    tqs.apply(autoscaled("outage", url, window=2, autoscaling={"minReplicas": 1}))
+    tqs.wait_condition("outage", "Ready", "True")
+    tqs.wait_condition("outage", "Autoscaling", "True")
+    send(url, 8, "outage-runs", seconds=4)
+    held = wait_for(lambda: (n := replicas(tqs, "outage-worker-jobs")) >= 2 and n, 30, "a scale-up")
+
+    redis_server.stop()
+    condition = tqs.wait_condition("outage", "Autoscaling", "False", "BrokerUnavailable", timeout=30)
+    assert "held" in condition["message"]
+    wait_for(lambda: [e for e in tqs.events("outage") if e.reason == "BrokerUnavailable"], 10, "the Event")
+    assert replicas(tqs, "outage-worker-jobs") == held, "replicas stay where they were"
+
+    restarted = start_redis(tmp_path / "redis-again", port=redis_server.port)
+    try:
+        tqs.wait_condition("outage", "Autoscaling", "True", timeout=30)
+        wait_for(lambda: replicas(tqs, "outage-worker-jobs") == 1, 60, "scaling to resume (down to min)")
+    finally:
+        restarted.stop()
+
+
+def test_kubectl_scale_of_an_autoscaled_queue_is_overridden(tqs: TaskQueues, redis_server: RedisServer) -> None:
+    tqs.apply(autoscaled("manual", redis_server.url, window=2))
+    tqs.wait_condition("manual", "Autoscaling", "True")
+    tqs.cluster.kubectl("scale", "-n", tqs.namespace, "deployment/manual-worker-jobs", "--replicas=3")
+    wait_for(lambda: replicas(tqs, "manual-worker-jobs") == 3, 10, "kubectl's scale to land")
+    wait_for(lambda: replicas(tqs, "manual-worker-jobs") == 0, 30, "the scaler to take its replicas back")

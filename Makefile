@@ -24,9 +24,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests run for real (we run as root); tests start their own servers.
+# Debian packages the tests run for real (we run as root); tests start their own servers on
+# free ports (apt's attempt to start the system services is refused here, which is harmless).
 system-packages:
-	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
 
 # Builds once into ~/.cache/celery-operator (about 7 minutes cold on 2 cores), then finds it.
 controlplane: venv

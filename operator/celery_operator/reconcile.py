@@ -218,12 +218,16 @@ def _hand_replicas_to_scaler(kube: Kube, identity: ObjectIdentity, manifest: Man
 
 def delete_unwanted(kube: Kube, identity: ObjectIdentity, desired: Iterable[Manifest],
                     observed: Mapping[ChildKey, Manifest]) -> list[str]:
-    """Delete owned children no longer desired (a removed queue, Flower turned off); the beat is not ours here."""
+    """Delete owned children no longer desired (a removed queue, Flower turned off).
+
+    The beat is not ours here, and a broker's volume claim is kept when persistence is turned off:
+    it holds data, and goes with the TaskQueue (garbage collection) or by hand.
+    """
     wanted = {child_key(m) for m in desired}
     deleted = []
     for key, item in observed.items():
         labels = item.get("metadata", {}).get("labels") or {}
-        if key in wanted or labels.get(naming.LABEL_COMPONENT) == naming.BEAT:
+        if key in wanted or labels.get(naming.LABEL_COMPONENT) == naming.BEAT or key[1] == "PersistentVolumeClaim":
             continue
         if controller_uid(item) != identity.uid:
             continue

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from tests.helpers.devcluster import DevCluster
+from tests.helpers.brokers import RabbitBroker
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.processes import RedisServer, start_redis
 from tests.helpers.taskqueues import TaskQueues, taskqueue
@@ -146,3 +147,49 @@ def test_kubectl_scale_of_an_autoscaled_queue_is_overridden(tqs: TaskQueues, red
     tqs.cluster.kubectl("scale", "-n", tqs.namespace, "deployment/manual-worker-jobs", "--replicas=3")
     wait_for(lambda: replicas(tqs, "manual-worker-jobs") == 3, 10, "kubectl's scale to land")
     wait_for(lambda: replicas(tqs, "manual-worker-jobs") == 0, 30, "the scaler to take its replicas back")
+
+
+@pytest.fixture(scope="module")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
+    server = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def amqp_taskqueue(tqs: TaskQueues, name: str, amqp_url: str, record_url: str, window: int = 3,
+                   **autoscaling: Any) -> None:
+    """A TaskQueue on RabbitMQ: the URL (with its password) comes from the user's Secret."""
+    tqs.core.create_namespaced_secret(tqs.namespace, {"metadata": {"name": f"{name}-amqp"},
+                                                      "stringData": {"url": amqp_url}})
+    body = autoscaled(name, amqp_url, window=window, autoscaling=autoscaling)
+    body["spec"]["broker"] = {"urlSecretRef": {"name": f"{name}-amqp", "key": "url"}}
+    body["spec"]["resultBackend"] = {"url": record_url}
+    body["spec"]["env"] = [{"name": "RECORD_REDIS_URL", "value": record_url}]
+    tqs.apply(body)
+
+
+def test_rabbitmq_burst_scales_up_drains_and_returns_to_zero(tqs: TaskQueues, rabbitmq: RabbitBroker,
+                                                            redis_server: RedisServer) -> None:
+    amqp_taskqueue(tqs, "rabbit", rabbitmq.url, redis_server.url)
+    tqs.wait_condition("rabbit", "Ready", "True")
+    tqs.wait_condition("rabbit", "Autoscaling", "True")
+    send(rabbitmq.url, 16, "rabbit-runs", seconds=0.5)
+    wait_for(lambda: replicas(tqs, "rabbit-worker-jobs") > 1, 20, "a scale-up")
+    wait_for(lambda: len(recorded(redis_server.url, "rabbit-runs")) == 16, 120, "all 16 tasks to run")
+    assert sorted(e["value"] for e in recorded(redis_server.url, "rabbit-runs")) == list(range(16))
+    wait_for(lambda: replicas(tqs, "rabbit-worker-jobs") == 0, 60, "the return to zero")
+
+
+def test_rabbitmq_outage_holds_replicas_then_scaling_resumes(tqs: TaskQueues, rabbitmq: RabbitBroker,
+                                                            redis_server: RedisServer) -> None:
+    amqp_taskqueue(tqs, "rabbitdown", rabbitmq.url, redis_server.url, window=2, minReplicas=1)
+    tqs.wait_condition("rabbitdown", "Autoscaling", "True")
+    wait_for(lambda: replicas(tqs, "rabbitdown-worker-jobs") == 1, 20, "minReplicas")
+    rabbitmq.stop()
+    try:
+        tqs.wait_condition("rabbitdown", "Autoscaling", "False", "BrokerUnavailable", timeout=30)
+        assert replicas(tqs, "rabbitdown-worker-jobs") == 1
+    finally:
+        rabbitmq.start()
+    tqs.wait_condition("rabbitdown", "Autoscaling", "True", timeout=60)

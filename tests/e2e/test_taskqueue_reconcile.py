@@ -259,3 +259,8 @@ def test_persistence_gets_a_volume_claim(tqs: TaskQueues) -> None:
         "disk-broker", "2Gi", "fast")
     volumes = tqs.deployment("disk-broker").spec.template.spec.volumes
     assert [v.persistent_volume_claim.claim_name for v in volumes if v.persistent_volume_claim] == ["disk-broker"]
+
+    tqs.patch_spec("disk", {"broker": {"managed": {"persistence": None}}})
+    wait_for(lambda: not [v for v in tqs.deployment("disk-broker").spec.template.spec.volumes
+                          if v.persistent_volume_claim], 30, "the broker to run on an emptyDir")
+    assert tqs.core.read_namespaced_persistent_volume_claim("disk-broker", tqs.namespace), "its data is kept"

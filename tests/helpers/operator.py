@@ -55,7 +55,7 @@ def start_operator(cluster: DevCluster, log: Path, extra_env: dict[str, str] | N
                    args: tuple[str, ...] = ("--all-namespaces",)) -> OperatorProcess:
     port = free_port()
     health_url = f"http://127.0.0.1:{port}/healthz"
-    env = dict(cluster.env(), CELERY_OPERATOR_RESYNC_SECONDS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
+    env = {**cluster.env(), "CELERY_OPERATOR_RESYNC_SECONDS": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     handle = log.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "celery_operator", *args, "--liveness", health_url],

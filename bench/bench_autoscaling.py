@@ -1,0 +1,190 @@
+"""Autoscaling figures on the devcluster with real workers of app/ and a real Redis:
+
+- reaction: burst lands -> the worker Deployment's spec.replicas rises; p50/p95 over N trials at
+  the default 2 s poll (KEDA's defaults: 30 s poll plus a 15 s HPA sync);
+- from zero: first message -> first worker pod Ready, and -> first task done;
+- drain: 400 tasks of 200 ms on one queue (maxReplicas 10, concurrency 2) from 0 replicas,
+  against the same burst on 10 replicas started beforehand; the ratio of the two drain times.
+
+    .venv/bin/python bench/bench_autoscaling.py [--trials 20] [--tasks 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import celery
+import kubernetes
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devcluster import build, cluster  # noqa: E402
+from tests.helpers.devcluster import DevCluster  # noqa: E402
+from tests.helpers.operator import apply_crds, start_operator  # noqa: E402
+from tests.helpers.processes import start_redis  # noqa: E402
+from tests.helpers.taskqueues import TaskQueues, taskqueue  # noqa: E402
+from tests.helpers.waiting import wait_for  # noqa: E402
+
+NAMESPACE = "bench"
+FAST_START = ["--without-mingle", "--without-gossip"]  # what a user who scales from zero would set
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+class ReplicaWatch:
+    """Timestamps of every change of one Deployment's spec.replicas and status.readyReplicas."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, name: str):
+        self.changes: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._apps = kubernetes.client.AppsV1Api(api)
+        self._name = name
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            stream = kubernetes.watch.Watch()
+            for event in stream.stream(self._apps.list_namespaced_deployment, NAMESPACE,
+                                       field_selector=f"metadata.name={self._name}", timeout_seconds=5):
+                deployment = event["object"]
+                self.changes.append((time.time(), deployment.spec.replicas or 0,
+                                     deployment.status.ready_replicas or 0))
+                if self._stop.is_set():
+                    stream.stop()
+
+    def first_after(self, since: float, check) -> float:
+        def found() -> float | None:
+            for stamp, replicas, ready in list(self.changes):
+                if stamp >= since and check(replicas, ready):
+                    return stamp
+            return None
+        return wait_for(found, 120, "a replica change") - since
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def send(url: str, count: int, key: str, seconds: float) -> float:
+    producer = celery.Celery(broker=url)
+    with producer.connection_for_write() as connection:
+        for index in range(count):
+            producer.send_task("myapp.tasks.record", args=[key, index, seconds], queue="jobs",
+                               connection=connection)
+    return time.time()
+
+
+def drained(url: str, key: str, count: int, since: float) -> float:
+    client = redis.Redis.from_url(url)
+    wait_for(lambda: client.llen(key) >= count, 600, f"{count} tasks to run", interval=0.02)
+    return time.time() - since
+
+
+def scaled_taskqueue(name: str, url: str, window: int, **queue: object) -> dict:
+    return taskqueue(name, broker={"url": url}, resultBackend={"url": url},
+                     queues=[{"name": "jobs", "concurrency": 2, "extraArgs": FAST_START, **queue}],
+                     autoscaling={"scaleDownStabilizationSeconds": window})
+
+
+def bench_reaction(tqs: TaskQueues, url: str, trials: int) -> list[float]:
+    tqs.apply(scaled_taskqueue("reaction", url, window=0, autoscaling={"maxReplicas": 10}))
+    tqs.wait_condition("reaction", "Autoscaling", "True", timeout=60)
+    watch = ReplicaWatch(tqs.api_client, "reaction-worker-jobs")
+    client = redis.Redis.from_url(url)
+    results = []
+    try:
+        for trial in range(trials):
+            wait_for(lambda: tqs.deployment("reaction-worker-jobs").spec.replicas == 0, 120, "zero replicas")
+            time.sleep((trial % 7) * 0.29)  # land bursts at every phase of the 2 s poll
+            landed = send(url, 10, f"reaction-{trial}", 0)
+            results.append(watch.first_after(landed, lambda replicas, ready: replicas > 0))
+            wait_for(lambda: client.llen(f"reaction-{trial}") == 10, 120, "the burst to drain")
+    finally:
+        watch.stop()
+        tqs.cluster.kubectl("delete", "tq", "reaction", "-n", NAMESPACE, "--wait=true")
+    return results
+
+
+def bench_from_zero(tqs: TaskQueues, url: str) -> tuple[float, float]:
+    tqs.apply(scaled_taskqueue("zero", url, window=30, autoscaling={"maxReplicas": 10}))
+    tqs.wait_condition("zero", "Autoscaling", "True", timeout=60)
+    watch = ReplicaWatch(tqs.api_client, "zero-worker-jobs")
+    try:
+        landed = send(url, 1, "zero-first", 0)
+        ready = watch.first_after(landed, lambda replicas, ready: ready > 0)
+        done = drained(url, "zero-first", 1, landed)
+    finally:
+        watch.stop()
+        tqs.cluster.kubectl("delete", "tq", "zero", "-n", NAMESPACE, "--wait=true")
+    return ready, done
+
+
+def bench_drain(tqs: TaskQueues, url: str, tasks: int) -> tuple[float, float]:
+    """The same burst twice, on the same queue of the same Redis, one TaskQueue at a time."""
+    tqs.apply(scaled_taskqueue("warm", url, window=30, replicas=10))
+    wait_for(lambda: (d := tqs.deployment("warm-worker-jobs")) and d.status.ready_replicas == 10, 180,
+             "10 warm workers")
+    time.sleep(5)  # Ready means started: give the ten workers time to connect before the burst
+    warm = drained(url, "drain-warm", tasks, send(url, tasks, "drain-warm", 0.2))
+    tqs.cluster.kubectl("delete", "tq", "warm", "-n", NAMESPACE, "--wait=true")
+    wait_for(lambda: not tqs.core.list_namespaced_pod(
+        NAMESPACE, label_selector="app.kubernetes.io/instance=warm").items, 180, "the warm workers to go")
+
+    tqs.apply(scaled_taskqueue("cold", url, window=30, autoscaling={"maxReplicas": 10}))
+    tqs.wait_condition("cold", "Autoscaling", "True", timeout=60)
+    cold = drained(url, "drain-cold", tasks, send(url, tasks, "drain-cold", 0.2))
+    return warm, cold
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--tasks", type=int, default=400)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-autoscaling-"))
+    cluster.up(workdir / "cluster")
+    devcluster = DevCluster(dir=(workdir / "cluster").resolve(), bin_dir=build.bin_dir())
+    redis_server = start_redis(workdir / "redis")
+    operator = None
+    try:
+        apply_crds(devcluster)
+        devcluster.kubectl("create", "namespace", NAMESPACE)
+        operator = start_operator(devcluster, workdir / "operator.log", extra_env={
+            "CELERY_OPERATOR_RESYNC_SECONDS": "10"})
+        tqs = TaskQueues(devcluster, NAMESPACE)
+        reaction = bench_reaction(tqs, redis_server.url, args.trials)
+        zero_ready, zero_done = bench_from_zero(tqs, redis_server.url)
+        warm, cold = bench_drain(tqs, redis_server.url, args.tasks)
+    finally:
+        if operator is not None:
+            operator.stop()
+        redis_server.stop()
+        cluster.down(workdir / "cluster")
+
+    print(f"{'figure':<58} {'value':>10}")
+    print(f"{'reaction p50 (burst -> spec.replicas rises, 2 s poll)':<58} {statistics.median(reaction):>9.2f}s")
+    print(f"{'reaction p95 (' + str(len(reaction)) + ' trials)':<58} {percentile(reaction, 0.95):>9.2f}s")
+    print(f"{'reaction max':<58} {max(reaction):>9.2f}s")
+    print(f"{'from zero: first message -> first worker pod Ready':<58} {zero_ready:>9.2f}s")
+    print(f"{'from zero: first message -> first task done':<58} {zero_done:>9.2f}s")
+    print(f"{'drain ' + str(args.tasks) + ' x 200 ms, 10 replicas started beforehand':<58} {warm:>9.2f}s")
+    print(f"{'drain ' + str(args.tasks) + ' x 200 ms, from 0 replicas (max 10)':<58} {cold:>9.2f}s")
+    print(f"{'drain ratio (from zero / warm)':<58} {cold / warm:>10.2f}")
+    print(json.dumps({"reaction": [round(r, 3) for r in reaction]}))
+
+
+if __name__ == "__main__":
+    main()

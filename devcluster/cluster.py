@@ -46,6 +46,14 @@ class ClusterError(RuntimeError):
     pass
 
 
+class ComponentExited(ClusterError):
+    """A component stopped while starting: most often a port another process took first."""
+
+
+# a component that exits at start is retried on fresh ports
+START_ATTEMPTS = 3
+
+
 @dataclass
 class ClusterState:
     etcd_port: int
@@ -182,10 +190,27 @@ def _signal_group_then_kill(pid: int, grace: float) -> None:
     _reap(pid)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below the ephemeral range: one from bind(0) may be taken by any outgoing
+    connection before the component binds it (seen: controller-manager "address already in use")."""
+    low, _ = _ephemeral_range()
+    for _ in range(500):
+        port = random.randint(max(1024, low - 15000), low - 1)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError("no free port below the ephemeral range")
 
 
 # --- waiting -------------------------------------------------------------------------------
@@ -196,7 +221,7 @@ def _wait_until(description: str, check, timeout: float, cluster: Cluster, compo
         if check():
             return
         if _recorded_pid(cluster, component) is None:
-            raise ClusterError(
+            raise ComponentExited(
                 f"{component} exited while waiting for {description}; see {cluster.logs_dir / (component + '.log')}")
         time.sleep(0.1)
     raise ClusterError(f"timed out after {timeout:.0f}s waiting for {description}; "
@@ -348,14 +373,42 @@ def _agent_argv(cluster: Cluster, state: ClusterState) -> list[str]:
 
 # --- up / down / status ---------------------------------------------------------------------
 
+def _networks_in_use() -> set[str]:
+    """The /16 networks of addresses on `lo`: running clusters' Service and pod IPs live there."""
+    try:
+        listed = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", "lo"], capture_output=True,
+                                text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    found = set()
+    for address in (part.split("/")[0] for line in listed.splitlines() for part in line.split()[3:4]):
+        found.add(str(ipaddress.ip_network(f"{address}/16", strict=False)))
+    return found
+
+
+def _pick_networks() -> tuple[str, str]:
+    """A Service CIDR and a pod network no running cluster on this machine uses.
+
+    Pod IPs are outside 127/8 (the agent adds them to `lo`): EndpointSlice validation refuses
+    loopback addresses, and Services then would have no endpoints in the API.
+    """
+    in_use = _networks_in_use()
+    octets = list(range(100, 150))
+    random.shuffle(octets)
+    for octet in octets:
+        services, pods = f"10.{octet}.0.0/16", f"10.{octet + 100}.0.0/16"
+        if services not in in_use and pods not in in_use:
+            return services, pods
+    raise ClusterError("no free network for another cluster: are 50 of them running?")
+
+
 def _fresh_state(previous: ClusterState | None, agent: bool) -> ClusterState:
     """New ports every start; the networks and node name stay those of the cluster's data."""
-    octet = random.randint(100, 199)
+    service_cidr, pod_network = (previous.service_cidr, previous.pod_network) if previous else _pick_networks()
     return ClusterState(
         etcd_port=_free_port(), etcd_peer_port=_free_port(), apiserver_port=_free_port(),
         controller_manager_port=_free_port(), scheduler_port=_free_port(),
-        service_cidr=previous.service_cidr if previous else f"10.{octet}.0.0/16",
-        pod_network=previous.pod_network if previous else f"127.{octet}.0.0/16",
+        service_cidr=service_cidr, pod_network=pod_network,
         node_name=previous.node_name if previous else "devcluster-node",
         agent=agent,
     )
@@ -390,6 +443,27 @@ def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, timeout: float 
     bin_dir = build.build()
     down(cluster.dir)
     cluster.dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        state = _prepare(cluster, agent)
+        try:
+            _start_control_plane(cluster, state, bin_dir, timeout)
+            if agent:
+                _launch(cluster, "agent", _agent_argv(cluster, state))
+                _wait_until(f"node {state.node_name} to be Ready", lambda: _node_ready(cluster, state),
+                            timeout, cluster, "agent")
+            return cluster
+        except ComponentExited:
+            down(cluster.dir)
+            if attempt == START_ATTEMPTS:
+                raise
+        except BaseException:
+            down(cluster.dir)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _prepare(cluster: Cluster, agent: bool) -> ClusterState:
+    """Fresh ports, and everything the components read written to the cluster's directory."""
     state = _fresh_state(cluster.state(), agent)
     pki.ensure_pki(cluster.pki_dir, state.kubernetes_service_ip)
     _write_kubeconfig(cluster, state, cluster.kubeconfig, "admin", "devcluster-admin")
@@ -398,16 +472,7 @@ def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, timeout: float 
     _write_kubeconfig(cluster, state, cluster.dir / "scheduler.kubeconfig", "scheduler", "system:kube-scheduler")
     (cluster.dir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
     cluster.save(state)
-    try:
-        _start_control_plane(cluster, state, bin_dir, timeout)
-        if agent:
-            _launch(cluster, "agent", _agent_argv(cluster, state))
-            _wait_until(f"node {state.node_name} to be Ready", lambda: _node_ready(cluster, state),
-                        timeout, cluster, "agent")
-    except BaseException:
-        down(cluster.dir)
-        raise
-    return cluster
+    return state
 
 
 def _start_control_plane(cluster: Cluster, state: ClusterState, bin_dir: Path, timeout: float) -> None:

@@ -27,3 +27,16 @@ def wait_for(check: Callable[[], T], timeout: float, description: str, interval:
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise ConditionNotMet(f"timed out after {timeout}s waiting for {description}{detail}")
         time.sleep(interval)
+
+
+def holds_for(check: Callable[[], T], seconds: float, description: str, interval: float = 0.2) -> T:
+    """Call `check` for `seconds`: it must stay truthy the whole time (that something does NOT
+    happen can only be seen over a window). Returns its last value."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if not result:
+            raise ConditionNotMet(f"{description} stopped holding")
+        if time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)

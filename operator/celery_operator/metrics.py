@@ -42,6 +42,6 @@ def forget_taskqueue(namespace: str, name: str) -> None:
                 gauge.remove(*labels)
 
 
-def serve(port: int) -> None:
+def serve(port: int, address: str = "0.0.0.0") -> None:
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=address)

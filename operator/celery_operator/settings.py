@@ -29,8 +29,11 @@ class OperatorSettings:
     # server-side apply field managers: the reconciler's and the scaler's (replicas of autoscaled workers)
     field_manager: str = naming.FIELD_MANAGER
     scaler_field_manager: str = f"{naming.FIELD_MANAGER}-scaler"
-    # the Prometheus /metrics port (0 = off)
+    # the image of every TaskQueue's beat pod (`python -m celery_operator.beat`): the operator's own
+    beat_image: str = "ghcr.io/celery-operator/celery-operator:0.1.0"
+    # the Prometheus /metrics port (0 = off) and the address it listens on
     metrics_port: int = 0
+    metrics_address: str = "0.0.0.0"
     log_level: str = "INFO"
 
     @classmethod
@@ -82,7 +85,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
     memo.runtime = Runtime.create(ours)
-    metrics.serve(ours.metrics_port)
+    metrics.serve(ours.metrics_port, ours.metrics_address)
     logger.info("celery-operator configured: %s", ours)
 
 

@@ -4,6 +4,7 @@ Celery workers of the sample app, and a real Redis the test starts."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -193,3 +194,22 @@ def test_rabbitmq_outage_holds_replicas_then_scaling_resumes(tqs: TaskQueues, ra
     finally:
         rabbitmq.start()
     tqs.wait_condition("rabbitdown", "Autoscaling", "True", timeout=60)
+
+
+def test_metrics_endpoint_reports_each_queue(tqs: TaskQueues, redis_server: RedisServer,
+                                             operator: OperatorProcess) -> None:
+    tqs.apply(taskqueue("metered", broker={"url": redis_server.url}, queues=[{"name": "jobs", "replicas": 0}]))
+    send(redis_server.url, 3, "never")
+    labels = f'namespace="{tqs.namespace}",queue="jobs",taskqueue="metered"'
+
+    def scraped() -> str | None:
+        with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        return text if f"celery_operator_queue_pending{{{labels}}} 3.0" in text else None
+
+    text = wait_for(scraped, 30, "the pending gauge of the queue")
+    for series in ("celery_operator_queue_in_flight", "celery_operator_queue_desired_replicas",
+                   "celery_operator_queue_replicas"):
+        assert f"{series}{{{labels}}}" in text
+    assert "celery_operator_scaler_tick_seconds_count" in text
+    assert "celery_operator_broker_errors_total" in text

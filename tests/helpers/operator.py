@@ -30,6 +30,7 @@ class OperatorProcess:
     process: subprocess.Popen
     log: Path
     health_url: str
+    metrics_url: str
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -53,15 +54,18 @@ class OperatorProcess:
 
 def start_operator(cluster: DevCluster, log: Path, extra_env: dict[str, str] | None = None,
                    args: tuple[str, ...] = ("--all-namespaces",)) -> OperatorProcess:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     health_url = f"http://127.0.0.1:{port}/healthz"
-    env = {**cluster.env(), "CELERY_OPERATOR_RESYNC_SECONDS": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env = {**cluster.env(), "CELERY_OPERATOR_RESYNC_SECONDS": "1", "PYTHONUNBUFFERED": "1",
+           "CELERY_OPERATOR_METRICS_PORT": str(metrics_port), "CELERY_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
+           **(extra_env or {})}
     handle = log.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "celery_operator", *args, "--liveness", health_url],
         stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT,
     )
-    running = OperatorProcess(process=process, log=log, health_url=health_url)
+    running = OperatorProcess(process=process, log=log, health_url=health_url,
+                              metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
 
     def started() -> bool:
         if process.poll() is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from devcluster import build, cluster
 from tests.helpers.devcluster import DevCluster
-from tests.helpers.operator import apply_crds, start_operator
+from tests.helpers.operator import KOPF_ENTRY, PYTHON_ENTRY, apply_crds, start_operator
 from tests.helpers.processes import RedisServer, start_redis
 from tests.helpers.taskqueues import TaskQueues, taskqueue
 
@@ -35,12 +35,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.mark.parametrize("entry", [PYTHON_ENTRY, KOPF_ENTRY], ids=["python-m", "kopf-run"])
 def test_operator_watches_only_the_namespaces_it_is_given(private_cluster: DevCluster, redis_server: RedisServer,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, entry: tuple[str, ...]) -> None:
     apply_crds(private_cluster)
     for name in ("team-a", "team-b", "team-c"):
         private_cluster.kubectl("create", "namespace", name)
-    operator = start_operator(private_cluster, tmp_path / "operator.log",
+    operator = start_operator(private_cluster, tmp_path / "operator.log", entry=entry,
                               args=("--namespace", "team-a", "--namespace", "team-c"))
     handles = {name: TaskQueues(private_cluster, name) for name in ("team-a", "team-b", "team-c")}
     try:

@@ -52,8 +52,13 @@ class OperatorProcess:
                 self.process.wait()
 
 
+PYTHON_ENTRY = (sys.executable, "-m", "celery_operator")
+KOPF_ENTRY = (sys.executable, "-m", "kopf", "run", "-m", "celery_operator", "--standalone")
+
+
 def start_operator(cluster: DevCluster, log: Path, extra_env: dict[str, str] | None = None,
-                   args: tuple[str, ...] = ("--all-namespaces",)) -> OperatorProcess:
+                   args: tuple[str, ...] = ("--all-namespaces",),
+                   entry: tuple[str, ...] = PYTHON_ENTRY) -> OperatorProcess:
     port, metrics_port = free_port(), free_port()
     health_url = f"http://127.0.0.1:{port}/healthz"
     env = {**cluster.env(), "CELERY_OPERATOR_RESYNC_SECONDS": "1", "PYTHONUNBUFFERED": "1",
@@ -61,7 +66,7 @@ def start_operator(cluster: DevCluster, log: Path, extra_env: dict[str, str] | N
            **(extra_env or {})}
     handle = log.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery_operator", *args, "--liveness", health_url],
+        [*entry, *args, "--liveness", health_url],
         stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT,
     )
     running = OperatorProcess(process=process, log=log, health_url=health_url,

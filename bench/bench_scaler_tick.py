@@ -19,24 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import redis
+
+from devcluster.ports import free_port
 from celery import Celery
 from celery_operator.broker import HeartbeatTable, RedisDepthReader
 from celery_operator.scaling import History, Observation, ScalingPolicy, decide
 
 SEP = "\x06\x16"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from devcluster import build, pki
+from devcluster.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = PROJECT_ROOT / ".devcluster" / "default"
@@ -188,29 +188,6 @@ def _signal_group_then_kill(pid: int, grace: float) -> None:
     except ProcessLookupError:
         pass
     _reap(pid)
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _free_port() -> int:
-    """A free port below the ephemeral range: one from bind(0) may be taken by any outgoing
-    connection before the component binds it (seen: controller-manager "address already in use")."""
-    low, _ = _ephemeral_range()
-    for _ in range(500):
-        port = random.randint(max(1024, low - 15000), low - 1)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise ClusterError("no free port below the ephemeral range")
 
 
 # --- waiting -------------------------------------------------------------------------------
@@ -406,8 +383,8 @@ def _fresh_state(previous: ClusterState | None, agent: bool) -> ClusterState:
     """New ports every start; the networks and node name stay those of the cluster's data."""
     service_cidr, pod_network = (previous.service_cidr, previous.pod_network) if previous else _pick_networks()
     return ClusterState(
-        etcd_port=_free_port(), etcd_peer_port=_free_port(), apiserver_port=_free_port(),
-        controller_manager_port=_free_port(), scheduler_port=_free_port(),
+        etcd_port=free_port(), etcd_peer_port=free_port(), apiserver_port=free_port(),
+        controller_manager_port=free_port(), scheduler_port=free_port(),
         service_cidr=service_cidr, pod_network=pod_network,
         node_name=previous.node_name if previous else "devcluster-node",
         agent=agent,

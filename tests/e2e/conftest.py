@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Iterator
+
 import pytest
 
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess, apply_crds, start_operator
+from tests.helpers.processes import RedisServer, start_redis
+from tests.helpers.taskqueues import TaskQueues
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +22,19 @@ def operator(devcluster: DevCluster, crds: None, tmp_path_factory: pytest.TempPa
     running = start_operator(devcluster, tmp_path_factory.mktemp("operator") / "operator.log")
     yield running
     running.stop()
+
+
+@pytest.fixture
+def tqs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> Iterator[TaskQueues]:
+    """TaskQueues in the test's own namespace, with the session's operator running."""
+    handle = TaskQueues(devcluster, namespace)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own on 127.0.0.1, which pods reach as well (they share the host's network)."""
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()

@@ -12,7 +12,6 @@ import celery
 import pytest
 import redis
 
-from tests.helpers.devcluster import DevCluster
 from tests.helpers.brokers import RabbitBroker
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.processes import RedisServer, start_redis
@@ -20,20 +19,6 @@ from tests.helpers.taskqueues import TaskQueues, taskqueue
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def tqs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> Iterator[TaskQueues]:
-    handle = TaskQueues(devcluster, namespace)
-    yield handle
-    handle.close()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis")
-    yield server
-    server.stop()
 
 
 def autoscaled(name: str, url: str, max_replicas: int = 4, window: int = 4, **queue: Any) -> dict[str, Any]:

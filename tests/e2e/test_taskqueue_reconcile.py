@@ -7,14 +7,13 @@ import base64
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import celery
 import kubernetes
 import redis
 import pytest
 
-from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.processes import RedisServer, free_port, start_redis
 from tests.helpers.taskqueues import TaskQueues, taskqueue
@@ -23,20 +22,6 @@ from tests.helpers.waiting import wait_for
 pytestmark = pytest.mark.e2e
 
 MANAGED_BY = "app.kubernetes.io/managed-by=celery-operator"
-
-
-@pytest.fixture
-def tqs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> Iterator[TaskQueues]:
-    handle = TaskQueues(devcluster, namespace)
-    yield handle
-    handle.close()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis")
-    yield server
-    server.stop()
 
 
 def _secret_values(tqs: TaskQueues, name: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ stopped by its own pid. The test module wraps these in its fixtures.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 import redis
 from celery import Celery
 
+from devcluster.ports import free_port
 from tests.helpers.broker_app import HOLD
 from tests.helpers.processes import (
     REPO_ROOT,
@@ -34,28 +34,6 @@ from tests.helpers.processes import (
 )
 from tests.helpers.waiting import wait_for
 
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def server_port() -> int:
-    """A free port below the ephemeral range. A port from bind(0) is an ephemeral one: until the
-    server binds it, any outgoing connection may take it (seen here: RabbitMQ's distribution port)."""
-    low, _high = _ephemeral_range()
-    for _ in range(200):
-        port = random.randint(max(1024, low - 12000), low - 1)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 REDIS_PASSWORD = "s3cret-Redis-pw"
 RABBIT_USER = "operator"
@@ -70,7 +48,7 @@ EPMD = "epmd"
 @dataclass
 class RedisBroker:
     workdir: Path
-    port: int = field(default_factory=server_port)
+    port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
     @property
@@ -117,9 +95,9 @@ class RedisBroker:
 @dataclass
 class RabbitBroker:
     workdir: Path
-    port: int = field(default_factory=server_port)
-    dist_port: int = field(default_factory=server_port)
-    epmd_port: int = field(default_factory=server_port)
+    port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    epmd_port: int = field(default_factory=free_port)
     node: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}@localhost")
     process: subprocess.Popen | None = None
     epmd: subprocess.Popen | None = None

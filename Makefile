@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test test-unit test-integration test-cluster test-e2e demo demo-down venv system-packages controlplane up down status clean
+.PHONY: help test test-unit test-integration test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane up down status clean
 
 help:
 	@echo "make demo   - run the main job on this machine (devcluster + operator + sample app)"
@@ -58,6 +58,10 @@ demo: venv system-packages controlplane
 
 demo-down: venv
 	$(VPY) -m devcluster down --dir .devcluster/demo
+
+# crds/ is the only source of the CRDs; the chart carries copies (a test fails when they differ)
+chart-crds:
+	rm -f charts/celery-operator/files/crds/*.yaml && cp crds/*.yaml charts/celery-operator/files/crds/
 
 up: controlplane
 	$(VPY) -m devcluster up

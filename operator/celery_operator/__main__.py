@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     import kopf
 
     from celery_operator import handlers  # noqa: F401  (registers the handlers)
+    from celery_operator.settings import load
+
+    # `kopf run` sets up logging itself; run programmatically, kopf leaves that to us
+    level = load().log_level.upper()
+    kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
 
     kopf.run(
         standalone=True,

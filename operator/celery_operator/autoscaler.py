@@ -167,7 +167,8 @@ def _read_depths(handles: BrokerHandles, spec: TaskQueueSpec) -> tuple[dict[str,
 
 
 def compose_scaler_status(body: Mapping[str, Any], identity: ObjectIdentity, spec: TaskQueueSpec,
-                          outcomes: Sequence[QueueOutcome], unreadable: str | None) -> dict[str, Any]:
+                          outcomes: Sequence[QueueOutcome], unreadable: str | None,
+                          ever_read: bool = True) -> dict[str, Any]:
     """The status fields the scaler owns: per-queue figures, the pending total, the Autoscaling condition."""
     status: dict[str, Any] = {"queues": [o.status() for o in outcomes],
                               "pending": sum(o.pending for o in outcomes)}
@@ -176,6 +177,8 @@ def compose_scaler_status(body: Mapping[str, Any], identity: ObjectIdentity, spe
     if spec.autoscaled_queues:
         if unreadable is None:
             triple = ("True", "QueueDepthRead", f"queue depth read every {spec.autoscaling.poll_interval_seconds}s")
+        elif not ever_read:  # a broker still starting (say, the managed Redis) is no outage
+            triple = ("Unknown", "WaitingForBroker", f"the broker has not answered yet: {unreadable}")
         else:
             triple = ("False", "BrokerUnavailable", f"replicas held where they are: {unreadable}")
         status["conditions"] = conditions.set_condition(
@@ -197,10 +200,11 @@ def _autoscaling_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[
     """An Event when the broker stops or starts answering the scaler."""
     before = conditions.get_condition(old.get("conditions"), conditions.AUTOSCALING)
     after = conditions.get_condition(new["conditions"], conditions.AUTOSCALING)
-    if after is None or (before or {}).get("status") == after["status"]:
+    if after is None or (before or {}).get("status") == after["status"] or after["status"] == "Unknown":
         return None
     if after["status"] == "True":
-        return ("Normal", "BrokerAvailable", "scaling resumed: " + after["message"]) if before else None
+        return ("Normal", "BrokerAvailable", "scaling resumed: " + after["message"]) if (
+            before or {}).get("status") == "False" else None
     return "Warning", after["reason"], after["message"]
 
 
@@ -220,13 +224,15 @@ def tick(runtime: Runtime, body: Mapping[str, Any], children: Sequence[Manifest]
     depths, unreadable = _read_depths(handles, spec)
     if unreadable is not None:
         metrics.BROKER_ERRORS.labels(identity.namespace, identity.name).inc()
+    else:
+        runtime.mark_broker_read(identity.uid)
     outcomes = []
     for queue in spec.queues:
         deployment = by_key.get(("apps/v1", "Deployment", naming.worker_name(identity.name, queue.name)))
         depth = None if depths is None else depths.get(queue.name)
         outcomes.append(_tick_queue(runtime, body, identity, spec, queue, url, handles, depth, unreadable,
                                     deployment, pods_of(queue.dns_name)))
-    status = compose_scaler_status(body, identity, spec, outcomes, unreadable)
+    status = compose_scaler_status(body, identity, spec, outcomes, unreadable, runtime.broker_ever_read(identity.uid))
     old_status = body.get("status") or {}
     if scaler_status_changed(old_status, status):
         runtime.kube.apply_status(naming.API_VERSION, naming.TASKQUEUE_KIND, identity.namespace, identity.name,

@@ -93,6 +93,7 @@ class Runtime:
     # starve kopf's handler threads or one another
     scaler_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, "scaler"))
     memory: dict[str, dict[str, QueueMemory]] = field(default_factory=dict)
+    brokers_read: set[str] = field(default_factory=set)  # TaskQueues whose broker answered the scaler once
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -110,10 +111,17 @@ class Runtime:
         with self._locks_guard:
             return self.memory.setdefault(uid, {}).setdefault(queue, QueueMemory())
 
+    def mark_broker_read(self, uid: str) -> None:
+        self.brokers_read.add(uid)
+
+    def broker_ever_read(self, uid: str) -> bool:
+        return uid in self.brokers_read
+
     def forget(self, uid: str) -> None:
         with self._locks_guard:
             self._locks.pop(uid, None)
             self.memory.pop(uid, None)
+            self.brokers_read.discard(uid)
         self.brokers.release(uid)
 
     def close(self) -> None:

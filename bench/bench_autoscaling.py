@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import celery
@@ -34,7 +35,7 @@ from tests.helpers.processes import start_redis  # noqa: E402
 from tests.helpers.taskqueues import TaskQueues, taskqueue  # noqa: E402
 from tests.helpers.waiting import wait_for  # noqa: E402
 
-NAMESPACE = "bench"
+NAMESPACE = f"bench-{uuid.uuid4().hex[:6]}"  # Service names resolve machine-wide: keep ours unique
 FAST_START = ["--without-mingle", "--without-gossip"]  # what a user who scales from zero would set
 
 

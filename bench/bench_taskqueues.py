@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -27,7 +28,9 @@ import yaml
 from devcluster import build, cluster
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMESPACE = "bench"
+# Service names resolve machine-wide (/etc/hosts): a namespace of its own keeps another cluster's
+# `bench` namespace from answering for this one's
+NAMESPACE = f"bench-{uuid.uuid4().hex[:6]}"
 OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:celery-operator"
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
@@ -42,7 +45,7 @@ def operator_kubeconfig(admin: Path, target: Path) -> None:
     """A kubeconfig holding only a ServiceAccount token: requests made with it are audited."""
     kubectl(admin, "create", "namespace", NAMESPACE)
     kubectl(admin, "create", "serviceaccount", "celery-operator", "-n", NAMESPACE)
-    kubectl(admin, "create", "clusterrolebinding", "bench-celery-operator", "--clusterrole=cluster-admin",
+    kubectl(admin, "create", "clusterrolebinding", f"{NAMESPACE}-celery-operator", "--clusterrole=cluster-admin",
             f"--serviceaccount={NAMESPACE}:celery-operator")
     token = kubectl(admin, "create", "token", "celery-operator", "-n", NAMESPACE, "--duration=4h").strip()
     config = yaml.safe_load(admin.read_text())
@@ -128,7 +131,11 @@ def main() -> None:
     finally:
         if process is not None:
             process.terminate()
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                print("operator did not stop within 60 s of SIGTERM; killed", file=sys.stderr)
+                process.kill()
         cluster.down(running.dir)
 
     settled_writes = sum(n for verb, n in settled.items() if verb in WRITE_VERBS)

@@ -25,7 +25,7 @@ class BrokerHandles:
     users: set[str] = field(default_factory=set)
 
     def close(self) -> None:
-        self.monitor.stop()
+        self.monitor.stop(wait=False)
         self.reader.close()
 
 

@@ -109,9 +109,13 @@ from amqp.exceptions import NotFound as AmqpNotFound
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import naming
+
 __all__ = [
     "AmqpDepthReader",
+    "BeatState",
     "BrokerUnavailable",
+    "delete_beat_state",
     "DepthReader",
     "HeartbeatMonitor",
     "HeartbeatTable",
@@ -121,9 +125,13 @@ __all__ = [
     "WorkerState",
     "busy_workers",
     "depth_reader_for",
+    "is_redis_url",
+    "read_beat_state",
     "redact",
+    "remove_beat_job",
     "split_worker_hostname",
     "worker_hostname",
+    "write_beat_jobs",
 ]
 
 log = logging.getLogger(__name__)
@@ -917,13 +925,15 @@ class HeartbeatMonitor:
         self._thread = threading.Thread(target=self._run, name=f"heartbeats {redact(self.url)}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, wait: bool = True) -> None:
+        """Stop listening; with wait=False only ask the thread to stop (it ends within poll_interval),
+        so that many monitors stop at once instead of one after another."""
         self._stop.set()
         receiver = self._receiver
         if receiver is not None:
             receiver.should_stop = True
         thread, self._thread = self._thread, None
-        if thread is not None:
+        if thread is not None and wait:
             thread.join(timeout)
         with self._state_lock:
             self._connected_at = None
@@ -1053,3 +1063,161 @@ class HeartbeatMonitor:
         finally:
             self._receiver = None
             _release(connection)
+
+
+# --- the beat's schedule state ------------------------------------------------------------------
+#
+# The operator's side of the state the beat keeps in Redis (the broker when it is Redis, else the
+# `<tq>-beat-state` Redis): the `jobs` hash it writes, the `fired` hash and the heartbeat it reads.
+# Key names and entry format: celery_operator/beat/jobs.py. Clients are kept per URL (thread-safe
+# connection pools) and dropped when their URL is no longer used for a while.
+
+
+def is_redis_url(url: str) -> bool:
+    return _scheme(url) in REDIS_SCHEMES
+
+
+@dataclass(frozen=True)
+class BeatState:
+    """What Redis holds for one TaskQueue's beat (or one job of it)."""
+
+    jobs: dict[str, str]
+    fired: dict[str, str]
+    heartbeat: dict[str, Any] | None  # the leading beat's last report; None = no beat leads (expired)
+
+
+# KEYS: jobs, fired. ARGV: (name, expected, new) triples, '' = absent. Each write happens only if
+# the entry is still what the caller read, so two writers (a TaskQueue's sync and a PeriodicJob's
+# handler) never overwrite each other's newer value; a removal also forgets the job's `fired`.
+_BEAT_WRITE_SCRIPT: Final = """
+local skipped = {}
+for i = 1, #ARGV, 3 do
+  local name, expected, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local current = redis.call('HGET', KEYS[1], name)
+  if not current then current = '' end
+  if current ~= expected then
+    skipped[#skipped + 1] = name
+  elseif new == '' then
+    redis.call('HDEL', KEYS[1], name)
+    redis.call('HDEL', KEYS[2], name)
+  else
+    redis.call('HSET', KEYS[1], name, new)
+  end
+end
+return skipped
+"""
+
+_beat_clients: dict[tuple[str, float], tuple[redis.Redis, Any, float]] = {}
+_beat_clients_lock = threading.Lock()
+_BEAT_CLIENT_IDLE_SECONDS: Final = 600.0
+
+
+def _beat_client(url: str, timeout: float) -> tuple[redis.Redis, Any]:
+    now = time.monotonic()
+    with _beat_clients_lock:
+        for key, (client, _script, used) in list(_beat_clients.items()):
+            if now - used > _BEAT_CLIENT_IDLE_SECONDS:
+                del _beat_clients[key]
+                client.close()
+        entry = _beat_clients.get((url, timeout))
+        if entry is None:
+            client = redis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), retry_on_timeout=False,
+                max_connections=8,
+            )
+            entry = (client, client.register_script(_BEAT_WRITE_SCRIPT), now)
+        _beat_clients[(url, timeout)] = (entry[0], entry[1], now)
+        return entry[0], entry[1]
+
+
+def _beat_keys(prefix: str) -> tuple[str, str, str]:
+    return prefix + naming.BEAT_JOBS_KEY, prefix + naming.BEAT_FIRED_KEY, prefix + naming.BEAT_HEARTBEAT_KEY
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _heartbeat(value: bytes | str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        decoded = json.loads(value)
+    except (TypeError, ValueError):
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def read_beat_state(url: str, prefix: str, *, name: str | None = None,
+                    timeout: float = DEFAULT_TIMEOUT) -> BeatState:
+    """One pipelined read of `jobs`, `fired` and the heartbeat (of one job only, with `name`).
+    Raises BrokerUnavailable."""
+    jobs_key, fired_key, heartbeat_key = _beat_keys(prefix)
+    try:
+        client, _ = _beat_client(url, timeout)
+        pipe = client.pipeline(transaction=False)
+        if name is None:
+            pipe.hgetall(jobs_key)
+            pipe.hgetall(fired_key)
+        else:
+            pipe.hget(jobs_key, name)
+            pipe.hget(fired_key, name)
+        pipe.get(heartbeat_key)
+        jobs, fired, heartbeat = pipe.execute()
+    except (redis.RedisError, OSError) as error:
+        raise BrokerUnavailable(url, "cannot read the beat's schedule state", error) from None
+    if name is not None:
+        jobs = {} if jobs is None else {name: jobs}
+        fired = {} if fired is None else {name: fired}
+    return BeatState(jobs={_decode(k): _decode(v) for k, v in jobs.items()},
+                     fired={_decode(k): _decode(v) for k, v in fired.items()},
+                     heartbeat=_heartbeat(heartbeat))
+
+
+def write_beat_jobs(url: str, prefix: str, upserts: Mapping[str, tuple[str | None, str]],
+                    removals: Mapping[str, str | None], *, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+    """Compare-and-set entries of `jobs`: upserts name -> (the value read, None = absent; the new value),
+    removals name -> the value read. Returns the names skipped because somebody changed them since.
+    Raises BrokerUnavailable."""
+    args: list[str] = []
+    for name, (expected, new) in upserts.items():
+        args += [name, expected or "", new]
+    for name, expected in removals.items():
+        args += [name, expected or "", ""]
+    if not args:
+        return []
+    jobs_key, fired_key, _ = _beat_keys(prefix)
+    try:
+        _, script = _beat_client(url, timeout)
+        skipped = script(keys=[jobs_key, fired_key], args=args)
+    except (redis.RedisError, OSError) as error:
+        raise BrokerUnavailable(url, "cannot write the beat's schedule", error) from None
+    return [_decode(name) for name in skipped or []]
+
+
+def remove_beat_job(url: str, prefix: str, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Forget one job at once (its PeriodicJob was deleted, moved or made invalid); False when it
+    was not there. Raises BrokerUnavailable."""
+    jobs_key, fired_key, _ = _beat_keys(prefix)
+    try:
+        client, _ = _beat_client(url, timeout)
+        pipe = client.pipeline(transaction=True)
+        pipe.hdel(jobs_key, name)
+        pipe.hdel(fired_key, name)
+        removed, _ = pipe.execute()
+    except (redis.RedisError, OSError) as error:
+        raise BrokerUnavailable(url, "cannot remove a job from the beat's schedule", error) from None
+    return bool(removed)
+
+
+def delete_beat_state(url: str, prefix: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Remove every key of one TaskQueue's beat state (the TaskQueue is being deleted): a beat still
+    running until its pod is collected finds no job to send. Raises BrokerUnavailable."""
+    keys = [prefix + key for key in (naming.BEAT_JOBS_KEY, naming.BEAT_FIRED_KEY, naming.BEAT_LEADER_KEY,
+                                     naming.BEAT_HEARTBEAT_KEY)]
+    try:
+        client, _ = _beat_client(url, timeout)
+        client.delete(*keys)
+    except (redis.RedisError, OSError) as error:
+        raise BrokerUnavailable(url, "cannot remove the beat's schedule state", error) from None

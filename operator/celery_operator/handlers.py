@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from . import autoscaler, metrics, naming, reconcile
+from . import autoscaler, metrics, naming, periodicjobs, reconcile
 from .kube import controller_uid
 from .settings import configure, load  # noqa: F401  (registers the startup hook)
 
 _OURS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 _TASKQUEUES = (naming.GROUP, naming.VERSION, naming.TASKQUEUE_PLURAL)
+_PERIODICJOBS = (naming.GROUP, naming.VERSION, naming.PERIODICJOB_PLURAL)
 
 
 def _by_owner(body: kopf.Body) -> dict[str, dict[str, Any]] | None:
@@ -54,6 +56,24 @@ def worker_pods(body: kopf.Body, namespace: str, name: str, labels: kopf.Labels,
     return {key: autoscaler.WorkerPod(name=name, annotations=dict(annotations))}
 
 
+@kopf.index(*_PERIODICJOBS)
+def periodicjobs_by_taskqueue(body: kopf.Body, namespace: str, spec: kopf.Spec,
+                              **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """PeriodicJobs by (namespace, spec.taskQueueRef.name); one being deleted no longer counts."""
+    reference = (spec.get("taskQueueRef") or {}).get("name")
+    if not reference or body.metadata.get("deletionTimestamp"):
+        return None
+    return {(namespace, reference): dict(body)}
+
+
+@kopf.index(*_TASKQUEUES)
+def taskqueues_by_name(body: kopf.Body, namespace: str, name: str,
+                       **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    if body.metadata.get("deletionTimestamp"):
+        return None
+    return {(namespace, name): dict(body)}
+
+
 def _children(uid: str, *indexes: kopf.Index) -> list[dict[str, Any]]:
     return [item for index in indexes for item in index.get(uid, [])]
 
@@ -66,11 +86,12 @@ _RETRY = load().resync_seconds
 @kopf.on.create(*_TASKQUEUES, backoff=_RETRY)
 @kopf.on.update(*_TASKQUEUES, backoff=_RETRY)
 @kopf.timer(*_TASKQUEUES, interval=_RETRY, initial_delay=_RETRY, backoff=_RETRY)
-def reconcile_taskqueue(body: kopf.Body, uid: str, memo: kopf.Memo, owned_deployments: kopf.Index,
-                        owned_services: kopf.Index, owned_secrets: kopf.Index,
-                        owned_volume_claims: kopf.Index, **_: Any) -> None:
+def reconcile_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, memo: kopf.Memo,
+                        owned_deployments: kopf.Index, owned_services: kopf.Index, owned_secrets: kopf.Index,
+                        owned_volume_claims: kopf.Index, periodicjobs_by_taskqueue: kopf.Index, **_: Any) -> None:
     children = _children(uid, owned_deployments, owned_services, owned_secrets, owned_volume_claims)
-    reconcile.reconcile_taskqueue(memo.runtime, body, children)
+    referring = list(periodicjobs_by_taskqueue.get((namespace, name), []))
+    reconcile.reconcile_taskqueue(memo.runtime, body, children, referring)
 
 
 @kopf.daemon(*_TASKQUEUES, cancellation_timeout=10)
@@ -93,10 +114,44 @@ async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid:
                 logger.exception("scaler tick failed")
             await stopped.wait(autoscaler.poll_interval(body))
     finally:
-        runtime.brokers.release(uid)
+        await asyncio.to_thread(runtime.brokers.release, uid)
 
 
 @kopf.on.delete(*_TASKQUEUES, optional=True)
-def forget_taskqueue(uid: str, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def forget_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, memo: kopf.Memo,
+                     owned_secrets: kopf.Index, **_: Any) -> None:
+    periodicjobs.forget_taskqueue_schedule(memo.runtime, body, _children(uid, owned_secrets))
     memo.runtime.forget(uid)
     metrics.forget_taskqueue(namespace, name)
+
+
+def _taskqueue_of(spec: Mapping[str, Any], namespace: str, taskqueues_by_name: kopf.Index,
+                  *indexes: kopf.Index) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The PeriodicJob's TaskQueue (None if missing) and that TaskQueue's Secrets and Deployments."""
+    reference = (spec.get("taskQueueRef") or {}).get("name")
+    found = list(taskqueues_by_name.get((namespace, reference), [])) if reference else []
+    if not found:
+        return None, []
+    taskqueue = found[0]
+    return taskqueue, _children(taskqueue["metadata"]["uid"], *indexes)
+
+
+@kopf.on.resume(*_PERIODICJOBS, backoff=_RETRY)
+@kopf.on.create(*_PERIODICJOBS, backoff=_RETRY)
+@kopf.on.update(*_PERIODICJOBS, backoff=_RETRY)
+@kopf.timer(*_PERIODICJOBS, interval=_RETRY, initial_delay=_RETRY, backoff=_RETRY)
+def reconcile_periodicjob(body: kopf.Body, spec: kopf.Spec, namespace: str, memo: kopf.Memo,
+                          taskqueues_by_name: kopf.Index, owned_secrets: kopf.Index, owned_deployments: kopf.Index,
+                          old: dict[str, Any] | None = None, **_: Any) -> None:
+    taskqueue, children = _taskqueue_of(spec, namespace, taskqueues_by_name, owned_secrets, owned_deployments)
+    previous = (old or {}).get("spec") or {}
+    moved_from = (_taskqueue_of(previous, namespace, taskqueues_by_name, owned_secrets)
+                  if previous.get("taskQueueRef") not in (None, spec.get("taskQueueRef")) else None)
+    periodicjobs.reconcile_periodicjob(memo.runtime, body, taskqueue, children, moved_from=moved_from)
+
+
+@kopf.on.delete(*_PERIODICJOBS, optional=True)
+def forget_periodicjob(body: kopf.Body, spec: kopf.Spec, namespace: str, memo: kopf.Memo,
+                       taskqueues_by_name: kopf.Index, owned_secrets: kopf.Index, **_: Any) -> None:
+    taskqueue, children = _taskqueue_of(spec, namespace, taskqueues_by_name, owned_secrets)
+    periodicjobs.forget_periodicjob(memo.runtime, body, taskqueue, children)

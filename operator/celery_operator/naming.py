@@ -21,6 +21,11 @@ LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_QUEUE: Final = f"{GROUP}/queue"
+# Tells the beat's two Deployments apart (both are component=beat): the scheduler, and the small
+# Redis that holds the schedule state when the broker is not Redis.
+LABEL_BEAT_ROLE: Final = f"{GROUP}/beat-role"
+BEAT_ROLE_SCHEDULER: Final = "scheduler"
+BEAT_ROLE_STATE: Final = "state"
 ANNOTATION_QUEUE_NAME: Final = f"{GROUP}/queue-name"
 
 APP_NAME: Final = "celery"
@@ -34,9 +39,18 @@ WORKER: Final[Component] = "worker"
 BEAT: Final[Component] = "beat"
 FLOWER: Final[Component] = "flower"
 
-# Key names inside the `<tq>-broker` Secret.
+# Key names inside the `<tq>-broker` Secret (and the `<tq>-beat-state` Secret).
 BROKER_SECRET_URL_KEY: Final = "url"
 BROKER_SECRET_PASSWORD_KEY: Final = "password"
+
+# Where the beat keeps its schedule state in Redis: one prefix per TaskQueue, naming its namespace
+# and name, so several TaskQueues can share one Redis. The braces are a Redis Cluster hash tag:
+# every key of one TaskQueue lands in the same slot, so the beat's Lua scripts may touch several.
+BEAT_KEY_ROOT: Final = "celery-operator:beat:"
+BEAT_JOBS_KEY: Final = "jobs"  # hash: PeriodicJob name -> JSON definition (written by the operator)
+BEAT_FIRED_KEY: Final = "fired"  # hash: PeriodicJob name -> last slot sent, epoch seconds (the beat)
+BEAT_LEADER_KEY: Final = "leader"  # string with a TTL: the beat instance that may send
+BEAT_HEARTBEAT_KEY: Final = "beat-heartbeat"  # string with a TTL: the leading beat is alive
 
 REDIS_PORT: Final = 6379
 FLOWER_PORT: Final = 5555
@@ -70,24 +84,39 @@ def beat_name(taskqueue: str) -> str:
     return f"{taskqueue}-beat"
 
 
+def beat_state_name(taskqueue: str) -> str:
+    """Secret, Deployment and Service of the Redis holding the schedule state (AMQP brokers only)."""
+    return f"{taskqueue}-beat-state"
+
+
+def beat_key_prefix(namespace: str, taskqueue: str) -> str:
+    """`celery-operator:beat:{<namespace>/<taskqueue>}:`; the keys are this plus BEAT_*_KEY."""
+    return f"{BEAT_KEY_ROOT}{{{namespace}/{taskqueue}}}:"
+
+
 def flower_name(taskqueue: str) -> str:
     return f"{taskqueue}-flower"
 
 
-def selector_labels(taskqueue: str, component: Component, queue: str | None = None) -> dict[str, str]:
-    """The labels a child's selector matches: instance, component and, for workers, the queue."""
+def selector_labels(taskqueue: str, component: Component, queue: str | None = None,
+                    beat_role: str | None = None) -> dict[str, str]:
+    """The labels a child's selector matches: instance, component and, for workers, the queue;
+    for the beat's Deployments, which of the two it is."""
     labels = {LABEL_INSTANCE: taskqueue, LABEL_COMPONENT: component}
     if queue is not None:
         labels[LABEL_QUEUE] = queue_dns_name(queue)
+    if beat_role is not None:
+        labels[LABEL_BEAT_ROLE] = beat_role
     return labels
 
 
-def component_labels(taskqueue: str, component: Component, queue: str | None = None) -> dict[str, str]:
+def component_labels(taskqueue: str, component: Component, queue: str | None = None,
+                     beat_role: str | None = None) -> dict[str, str]:
     """All labels of a child object (and of its pods)."""
     return {
         LABEL_NAME: APP_NAME,
         LABEL_MANAGED_BY: MANAGED_BY,
-        **selector_labels(taskqueue, component, queue),
+        **selector_labels(taskqueue, component, queue, beat_role),
     }
 
 

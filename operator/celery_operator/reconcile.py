@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,7 +19,9 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from . import builders, conditions, naming
+from . import builders, conditions, naming, periodicjobs
+from .beat.jobs import DesiredJob, plan_sync
+from .broker import BeatState, BrokerUnavailable, is_redis_url, read_beat_state, write_beat_jobs
 from .builders import ChildKey, child_key
 from .kube import Kube, KubeError, Manifest, controller_uid
 from .models import ObjectIdentity, SpecError, TaskQueueSpec, validate_taskqueue_name
@@ -110,7 +113,7 @@ def _read_user_secret_url(kube: Kube, identity: ObjectIdentity, spec: TaskQueueS
     return value.strip()
 
 
-def _existing_broker_password(live_secret: Manifest | None) -> str | None:
+def _existing_password(live_secret: Manifest | None) -> str | None:
     if live_secret is None:
         return None
     return builders.decode_secret_value(live_secret, naming.BROKER_SECRET_PASSWORD_KEY)
@@ -120,7 +123,7 @@ def broker_access(kube: Kube, identity: ObjectIdentity, spec: TaskQueueSpec,
                   live_secret: Manifest | None) -> BrokerAccess:
     """The broker URL, and what the Secret builder needs: the managed password is generated once."""
     if spec.broker.kind == "managed":
-        password = _existing_broker_password(live_secret) or secrets.token_urlsafe(PASSWORD_BYTES)
+        password = _existing_password(live_secret) or secrets.token_urlsafe(PASSWORD_BYTES)
         url = builders.broker_url(identity, spec.broker, password=password)
         return BrokerAccess(url=url, password=password)
     if spec.broker.kind == "url":
@@ -129,10 +132,10 @@ def broker_access(kube: Kube, identity: ObjectIdentity, spec: TaskQueueSpec,
     return BrokerAccess(url=external, external_url=external)
 
 
-def _with_live_broker_secret(kube: Kube, identity: ObjectIdentity,
-                             observed: Mapping[ChildKey, Manifest]) -> dict[ChildKey, Manifest]:
-    """The broker Secret holds the generated password: look it up before building anything from it."""
-    key = ("v1", "Secret", naming.broker_name(identity.name))
+def _with_live_secret(kube: Kube, identity: ObjectIdentity, observed: Mapping[ChildKey, Manifest],
+                      name: str) -> dict[ChildKey, Manifest]:
+    """A Secret of ours holding a generated password: look it up before building anything from it."""
+    key = ("v1", "Secret", name)
     result = dict(observed)
     secret = result.get(key) or kube.get("v1", "Secret", identity.namespace, key[2])
     if secret is not None and controller_uid(secret) != identity.uid:
@@ -218,16 +221,16 @@ def _hand_replicas_to_scaler(kube: Kube, identity: ObjectIdentity, manifest: Man
 
 def delete_unwanted(kube: Kube, identity: ObjectIdentity, desired: Iterable[Manifest],
                     observed: Mapping[ChildKey, Manifest]) -> list[str]:
-    """Delete owned children no longer desired (a removed queue, Flower turned off).
+    """Delete owned children no longer desired: a removed queue, Flower turned off, the beat once no
+    PeriodicJob refers to the TaskQueue (with its state Redis, for an AMQP broker).
 
-    The beat is not ours here, and a broker's volume claim is kept when persistence is turned off:
-    it holds data, and goes with the TaskQueue (garbage collection) or by hand.
+    A broker's volume claim is kept when persistence is turned off: it holds data, and goes with
+    the TaskQueue (garbage collection) or by hand.
     """
     wanted = {child_key(m) for m in desired}
     deleted = []
     for key, item in observed.items():
-        labels = item.get("metadata", {}).get("labels") or {}
-        if key in wanted or labels.get(naming.LABEL_COMPONENT) == naming.BEAT or key[1] == "PersistentVolumeClaim":
+        if key in wanted or key[1] == "PersistentVolumeClaim":
             continue
         if controller_uid(item) != identity.uid:
             continue
@@ -296,18 +299,21 @@ class Verdict:
     workers: tuple[str, str, str] | None
     blocked: Blocked | None
     queues: list[dict[str, Any]] | None = None
+    beat: tuple[str, str, str] | None = None  # BeatReady; None on an unblocked pass = no PeriodicJob refers
 
 
 def _ready_from(verdict: Verdict) -> tuple[str, str, str]:
     if verdict.blocked is not None:
         return "False", verdict.blocked.reason, verdict.blocked.message
-    for (status, reason, message) in (verdict.broker, verdict.workers):
-        if status != "True":
-            return "False", reason, message
+    for triple in (verdict.broker, verdict.workers, verdict.beat):
+        if triple is not None and triple[0] != "True":
+            return "False", triple[1], triple[2]
+    if verdict.beat is not None:
+        return "True", "Ready", "the broker answers, every queue's workers are available and the beat runs"
     return "True", "Ready", "the broker answers and every queue's workers are available"
 
 
-RECONCILER_CONDITIONS = (conditions.BROKER_READY, conditions.WORKERS_READY, conditions.READY)
+RECONCILER_CONDITIONS = (conditions.BROKER_READY, conditions.WORKERS_READY, conditions.BEAT_READY, conditions.READY)
 QUEUE_FIELDS = ("name", "replicas", "readyReplicas")
 
 
@@ -327,8 +333,10 @@ def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: V
     """
     previous = body.get("status") or {}
     current = _own_conditions(previous)
+    if verdict.blocked is None and verdict.beat is None:
+        current = conditions.remove_condition(current, conditions.BEAT_READY)
     for kind, triple in ((conditions.BROKER_READY, verdict.broker), (conditions.WORKERS_READY, verdict.workers),
-                         (conditions.READY, _ready_from(verdict))):
+                         (conditions.BEAT_READY, verdict.beat), (conditions.READY, _ready_from(verdict))):
         if triple is None:
             continue
         status, reason, message = triple
@@ -380,9 +388,97 @@ def report(runtime: Runtime, body: Mapping[str, Any], identity: ObjectIdentity, 
         runtime.kube.post_event(body, *event)
 
 
+# --- the beat ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BeatPlan:
+    """What the TaskQueue's beat should be, from its spec and the PeriodicJobs referring to it.
+
+    options: the beat children to build (None: no beat). jobs: what the operator's beat should
+    carry ({} with a custom scheduler or no PeriodicJob). referred: PeriodicJobs refer to the
+    TaskQueue (BeatReady is reported). state_url: where the schedule state lives, when it can be
+    synced now (the broker when it is Redis; the `<tq>-beat-state` Redis while it is wanted).
+    """
+
+    options: builders.BeatOptions | None
+    jobs: dict[str, DesiredJob]
+    referred: bool
+    state_url: str | None
+
+
+def plan_beat(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
+              referring: Sequence[Mapping[str, Any]], observed: Mapping[ChildKey, Manifest]) -> BeatPlan:
+    referred = bool(referring)
+    custom = spec.beat.custom_scheduler
+    own = referred and not custom
+    redis_broker = is_redis_url(access.url)
+    jobs = periodicjobs.desired_jobs(referring) if own else {}
+    state_url = access.url if redis_broker else None
+    options = None
+    if own and not redis_broker:
+        name = naming.beat_state_name(identity.name)
+        live = _with_live_secret(runtime.kube, identity, observed, name).get(("v1", "Secret", name))
+        password = _existing_password(live) or secrets.token_urlsafe(PASSWORD_BYTES)
+        options = builders.BeatOptions(custom=False, image=runtime.settings.beat_image, state="managed",
+                                       state_password=password)
+        state_url = builders.beat_state_url(identity, password)
+    elif own or custom:
+        options = builders.BeatOptions(custom=custom, image=runtime.settings.beat_image, state="broker")
+    return BeatPlan(options=options, jobs=jobs, referred=referred, state_url=state_url)
+
+
+def _has_beat_children(observed: Mapping[ChildKey, Manifest]) -> bool:
+    return any((item.get("metadata", {}).get("labels") or {}).get(naming.LABEL_COMPONENT) == naming.BEAT
+               for item in observed.values())
+
+
+def sync_beat_jobs(runtime: Runtime, identity: ObjectIdentity, plan: BeatPlan, now: float) -> BeatState:
+    """Make the `jobs` hash hold exactly the valid PeriodicJobs: one read, writes only what differs.
+    Raises BrokerUnavailable."""
+    assert plan.state_url is not None
+    prefix = naming.beat_key_prefix(identity.namespace, identity.name)
+    timeout = runtime.settings.broker_timeout_seconds
+    state = read_beat_state(plan.state_url, prefix, timeout=timeout)
+    changes = plan_sync(state.jobs, plan.jobs, task_queue_uid=identity.uid, now=now)
+    if not changes.empty:
+        skipped = write_beat_jobs(plan.state_url, prefix, changes.upserts, changes.removals, timeout=timeout)
+        written = sorted(set(changes.upserts) - set(skipped))
+        removed = sorted(set(changes.removals) - set(skipped))
+        logger.info("TaskQueue %s/%s: beat schedule synced (written: %s; removed: %s%s)", identity.namespace,
+                    identity.name, ", ".join(written) or "none", ", ".join(removed) or "none",
+                    f"; changed meanwhile, next pass: {', '.join(skipped)}" if skipped else "")
+    return state
+
+
+def beat_condition(identity: ObjectIdentity, spec: TaskQueueSpec, plan: BeatPlan,
+                   children: Mapping[ChildKey, Manifest], state: BeatState | None,
+                   state_problem: str | None) -> tuple[str, str, str] | None:
+    """BeatReady: only while PeriodicJobs refer to the TaskQueue."""
+    if not plan.referred:
+        return None
+    name = naming.beat_name(identity.name)
+    deployment = children.get(("apps/v1", "Deployment", name))
+    if deployment is None:
+        return "False", "BeatNotAvailable", f"waiting for {name} (not created)"
+    desired, ready, settled = _deployment_ready(deployment)
+    if not settled:
+        return "False", "BeatNotAvailable", f"waiting for {name} ({ready}/{desired} ready)"
+    if spec.beat.custom_scheduler:
+        return ("True", "CustomScheduler",
+                f"{name} runs spec.beat.scheduler ({spec.beat.scheduler}); PeriodicJobs are not sent by it")
+    if state is None:
+        return "False", "BeatStateUnreachable", state_problem or "the beat's schedule state cannot be read"
+    if state.heartbeat is None:
+        return "False", "BeatNotRunning", f"{name} has not reported (its heartbeat expired or never came)"
+    leader = state.heartbeat.get("instance")
+    return "True", "BeatRunning", (f"{name}{f' ({leader})' if leader else ''} sends the schedule of "
+                                   f"{len(plan.jobs)} PeriodicJob(s)")
+
+
 # --- the whole pass --------------------------------------------------------------------------
 
-def converge(runtime: Runtime, body: Mapping[str, Any], observed: Mapping[ChildKey, Manifest]) -> Verdict:
+def converge(runtime: Runtime, body: Mapping[str, Any], observed: Mapping[ChildKey, Manifest],
+             referring: Sequence[Mapping[str, Any]] = (), now: float | None = None) -> Verdict:
     identity = ObjectIdentity.from_body(body)
     try:
         validate_taskqueue_name(identity.name)
@@ -390,33 +486,49 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Mapping[ChildK
     except SpecError as error:
         return Verdict(broker=None, workers=None, blocked=Blocked("InvalidSpec", str(error)))
     try:
-        observed = _with_live_broker_secret(runtime.kube, identity, observed)
+        observed = _with_live_secret(runtime.kube, identity, observed, naming.broker_name(identity.name))
         access = broker_access(runtime.kube, identity, spec,
                                observed.get(("v1", "Secret", naming.broker_name(identity.name))))
+        beat = plan_beat(runtime, identity, spec, access, referring, observed)
         desired = builders.desired_children(identity, spec, broker_password=access.password,
-                                            external_broker_url=access.external_url)
+                                            external_broker_url=access.external_url, beat=beat.options)
         live = resolve_live_children(runtime.kube, identity, desired, observed)
         children = apply_children(runtime, identity, spec, desired, live)
         for name in delete_unwanted(runtime.kube, identity, desired, observed):
             logger.info("deleted %s in %s: no longer in the spec", name, identity.namespace)
     except Blocked as blocked:
         return Verdict(broker=None, workers=None, blocked=blocked)
+    broker = broker_condition(runtime, access)
+    state, problem = None, None
+    if beat.state_url is not None and (beat.options is not None or _has_beat_children(observed)):
+        if beat.state_url == access.url and broker[0] != "True":
+            problem = f"the beat's schedule lives on the broker: {broker[2]}"
+        else:
+            try:
+                state = sync_beat_jobs(runtime, identity, beat, time.time() if now is None else now)
+            except BrokerUnavailable as error:
+                problem = str(error)
     return Verdict(
-        broker=broker_condition(runtime, access),
+        broker=broker,
         workers=workers_condition(identity, spec, children),
         blocked=None,
         queues=queue_statuses(identity, spec, children),
+        beat=beat_condition(identity, spec, beat, children, state, problem),
     )
 
 
 def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Iterable[Manifest],
-                        now: datetime.datetime | None = None) -> None:
-    """One level-triggered pass over a TaskQueue. Errors a retry can fix propagate (kopf retries)."""
+                        referring: Iterable[Mapping[str, Any]] = (), now: datetime.datetime | None = None) -> None:
+    """One level-triggered pass over a TaskQueue. Errors a retry can fix propagate (kopf retries).
+
+    `referring`: the PeriodicJobs whose spec.taskQueueRef names this TaskQueue.
+    """
     identity = ObjectIdentity.from_body(body)
     observed_by_key = {child_key(item): item for item in observed}
+    moment = now or _now()
     with runtime.lock_for(identity.uid):
-        verdict = converge(runtime, body, observed_by_key)
-        report(runtime, body, identity, verdict, now or _now())
+        verdict = converge(runtime, body, observed_by_key, list(referring), moment.timestamp())
+        report(runtime, body, identity, verdict, moment)
 
 
 __all__ = ["Blocked", "Runtime", "reconcile_taskqueue", "satisfied_by", "KubeError"]

@@ -86,6 +86,8 @@ BAD_PERIODICJOBS = {
     "cron with four fields": (_spec(schedule="0 3 * *"), "spec.schedule"),
     "missing task": (_without("task"), "spec.task"),
     "missing taskQueueRef": (_without("taskQueueRef"), "spec.taskQueueRef"),
+    "taskQueueRef not a TaskQueue name": (_spec(taskQueueRef={"name": "Shop_1"}), "spec.taskQueueRef.name"),
+    "timeZone not a zone name": (_spec(timeZone="Europe Berlin; DROP"), "spec.timeZone"),
 }
 
 

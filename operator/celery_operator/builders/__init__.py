@@ -1,8 +1,9 @@
 """Pure builders: parsed spec -> manifest dicts ready for server-side apply.
 
-`desired_children` is the whole picture for one TaskQueue except the beat (it depends on
-PeriodicJobs, and its builder lives with the beat): the reconciler applies these and deletes owned
-children of OWNED_KINDS that are no longer in the list (e.g. a removed queue's Deployment).
+`desired_children` is the whole picture for one TaskQueue: the reconciler applies these and deletes
+owned children of OWNED_KINDS that are no longer in the list (e.g. a removed queue's Deployment, or
+the beat once no PeriodicJob refers to the TaskQueue). Whether a beat is wanted depends on the
+PeriodicJobs, which the reconciler knows: it passes `beat` options, or None for no beat.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..models import ObjectIdentity, TaskQueueSpec
+from .beat import BeatOptions, beat_state_url, build_beat, build_beat_deployment, build_beat_state
 from .broker import build_broker_deployment, build_broker_pvc, build_broker_service, build_managed_broker, redis_args
 from .common import Manifest, restricted_container_security_context, restricted_pod_security_context
 from .flower import build_flower, build_flower_deployment, build_flower_service, flower_command
@@ -38,6 +40,7 @@ def desired_children(
     *,
     broker_password: str | None = None,
     external_broker_url: str | None = None,
+    beat: BeatOptions | None = None,
 ) -> list[Manifest]:
     """Every child the TaskQueue should have now, in a sensible apply order (Secret first).
 
@@ -51,11 +54,17 @@ def desired_children(
         children += build_managed_broker(owner, spec.broker.managed)
     children += build_worker_deployments(owner, spec)
     children += build_flower(owner, spec)
+    children += build_beat(owner, spec, beat)
     return children
 
 
 __all__ = [
     "OWNED_KINDS",
+    "BeatOptions",
+    "beat_state_url",
+    "build_beat",
+    "build_beat_deployment",
+    "build_beat_state",
     "ChildKey",
     "Manifest",
     "broker_url",

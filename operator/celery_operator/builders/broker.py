@@ -42,15 +42,27 @@ def redis_args(persistent: bool) -> list[str]:
     return args
 
 
-def build_broker_deployment(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest:
-    name = naming.broker_name(owner.name)
-    persistent = managed.persistence is not None
+def build_redis_deployment(
+    owner: ObjectIdentity,
+    managed: ManagedBroker,
+    *,
+    name: str,
+    component: naming.Component,
+    append_only: bool,
+    claim_name: str | None = None,
+    beat_role: str | None = None,
+) -> Manifest:
+    """A password-protected Redis Deployment `name`; its password is key `password` of Secret `name`.
+
+    `append_only` keeps an AOF in /data: on the claim `claim_name` when given (survives the pod),
+    else on an emptyDir (survives container restarts within the pod).
+    """
     probe = {"tcpSocket": {"port": "redis"}}
     container: dict[str, Any] = {
         "name": "redis",
         "image": managed.image,
         "command": ["redis-server"],
-        "args": redis_args(persistent),
+        "args": redis_args(append_only),
         "env": [
             pod_ip_env_var(),
             secret_env_var(REDIS_PASSWORD_ENV, name, naming.BROKER_SECRET_PASSWORD_KEY),
@@ -64,12 +76,12 @@ def build_broker_deployment(owner: ObjectIdentity, managed: ManagedBroker) -> Ma
     if managed.resources:
         container["resources"] = copy.deepcopy(dict(managed.resources))
     volume: dict[str, Any] = {"name": DATA_VOLUME}
-    if persistent:
-        volume["persistentVolumeClaim"] = {"claimName": name}
+    if claim_name is not None:
+        volume["persistentVolumeClaim"] = {"claimName": claim_name}
     else:
         volume["emptyDir"] = {}
     template = {
-        "metadata": {"labels": naming.component_labels(owner.name, naming.BROKER)},
+        "metadata": {"labels": naming.component_labels(owner.name, component, beat_role=beat_role)},
         "spec": {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
@@ -85,7 +97,15 @@ def build_broker_deployment(owner: ObjectIdentity, managed: ManagedBroker) -> Ma
         },
     }
     # Recreate: two Redis pods on one PVC (or one broker address) must never overlap.
-    return deployment(owner, name=name, component=naming.BROKER, template=template, replicas=1, recreate=True)
+    return deployment(owner, name=name, component=component, template=template, replicas=1, recreate=True,
+                      beat_role=beat_role)
+
+
+def build_broker_deployment(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest:
+    name = naming.broker_name(owner.name)
+    persistent = managed.persistence is not None
+    return build_redis_deployment(owner, managed, name=name, component=naming.BROKER, append_only=persistent,
+                                  claim_name=name if persistent else None)
 
 
 def build_broker_service(owner: ObjectIdentity) -> Manifest:

@@ -27,12 +27,13 @@ def object_meta(
     component: naming.Component,
     queue: str | None = None,
     annotations: Mapping[str, str] | None = None,
+    beat_role: str | None = None,
 ) -> dict[str, Any]:
     """metadata of a child: name, namespace, our labels, a controller ownerReference."""
     meta: dict[str, Any] = {
         "name": name,
         "namespace": owner.namespace,
-        "labels": naming.component_labels(owner.name, component, queue),
+        "labels": naming.component_labels(owner.name, component, queue, beat_role),
     }
     if queue is not None:
         meta["annotations"] = {**(annotations or {}), **naming.queue_annotations(queue)}
@@ -174,33 +175,35 @@ def deployment(
     replicas: int | None,
     queue: str | None = None,
     recreate: bool = False,
+    beat_role: str | None = None,
 ) -> Manifest:
     """A Deployment; `replicas=None` leaves the field to another manager (the scaler)."""
     deployment_spec: dict[str, Any] = {}
     if replicas is not None:
         deployment_spec["replicas"] = replicas
-    deployment_spec["selector"] = {"matchLabels": naming.selector_labels(owner.name, component, queue)}
+    deployment_spec["selector"] = {"matchLabels": naming.selector_labels(owner.name, component, queue, beat_role)}
     if recreate:
         deployment_spec["strategy"] = {"type": "Recreate"}
     deployment_spec["template"] = copy.deepcopy(dict(template))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": object_meta(owner, name, component, queue),
+        "metadata": object_meta(owner, name, component, queue, beat_role=beat_role),
         "spec": deployment_spec,
     }
 
 
 def cluster_ip_service(
-    owner: ObjectIdentity, *, name: str, component: naming.Component, port: int, port_name: str
+    owner: ObjectIdentity, *, name: str, component: naming.Component, port: int, port_name: str,
+    beat_role: str | None = None,
 ) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_meta(owner, name, component),
+        "metadata": object_meta(owner, name, component, beat_role=beat_role),
         "spec": {
             "type": "ClusterIP",
-            "selector": naming.selector_labels(owner.name, component),
+            "selector": naming.selector_labels(owner.name, component, beat_role=beat_role),
             "ports": [{"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}],
         },
     }

@@ -16,10 +16,14 @@ from ..models import BrokerSpec, ObjectIdentity
 from .common import Manifest, object_meta
 
 
+def redis_service_url(service: str, namespace: str, password: str) -> str:
+    """The URL of an operator-run Redis behind Service `service`, reachable from any namespace."""
+    return f"redis://:{quote(password, safe='')}@{service}.{namespace}.svc:{naming.REDIS_PORT}/0"
+
+
 def managed_broker_url(taskqueue: str, namespace: str, password: str) -> str:
-    """The URL of the operator-run Redis, reachable from any namespace through its Service."""
-    host = f"{naming.broker_name(taskqueue)}.{namespace}.svc"
-    return f"redis://:{quote(password, safe='')}@{host}:{naming.REDIS_PORT}/0"
+    """The URL of the operator-run Redis broker, reachable from any namespace through its Service."""
+    return redis_service_url(naming.broker_name(taskqueue), namespace, password)
 
 
 def broker_url(
@@ -47,7 +51,7 @@ def broker_url(
     return external_url
 
 
-def _b64(value: str) -> str:
+def b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
@@ -59,10 +63,10 @@ def build_broker_secret(
     external_url: str | None = None,
 ) -> Manifest:
     """Key `url` always; key `password` for the managed broker."""
-    data = {naming.BROKER_SECRET_URL_KEY: _b64(broker_url(owner, broker, password=password, external_url=external_url))}
+    data = {naming.BROKER_SECRET_URL_KEY: b64(broker_url(owner, broker, password=password, external_url=external_url))}
     if broker.kind == "managed":
         assert password is not None
-        data[naming.BROKER_SECRET_PASSWORD_KEY] = _b64(password)
+        data[naming.BROKER_SECRET_PASSWORD_KEY] = b64(password)
     return {
         "apiVersion": "v1",
         "kind": "Secret",

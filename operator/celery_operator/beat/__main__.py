@@ -1,0 +1,84 @@
+"""`python -m celery_operator.beat`: the beat of one TaskQueue (the operator runs it in `<tq>-beat`).
+
+Configuration from the environment (the operator fills it from Secrets; URLs are never arguments,
+so they never show in a process list):
+
+  CELERY_BROKER_URL                  where the tasks are sent
+  CELERY_OPERATOR_BEAT_STATE_URL     the Redis holding the schedule state (the broker when it is Redis)
+  CELERY_OPERATOR_BEAT_KEY_PREFIX    the TaskQueue's key prefix, `celery-operator:beat:{<ns>/<tq>}:`
+  CELERY_OPERATOR_BEAT_INSTANCE      this beat's name in the leader lease (the pod name)
+
+SIGTERM or SIGINT stops it cleanly: the round in progress finishes and the lease is released.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from typing import Any
+
+ENV_BROKER_URL = "CELERY_BROKER_URL"
+ENV_STATE_URL = "CELERY_OPERATOR_BEAT_STATE_URL"
+ENV_KEY_PREFIX = "CELERY_OPERATOR_BEAT_KEY_PREFIX"
+ENV_INSTANCE = "CELERY_OPERATOR_BEAT_INSTANCE"
+_PREFIX = re.compile(r"^celery-operator:beat:\{(?P<namespace>[^/{}]+)/(?P<taskqueue>[^/{}]+)\}:$")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m celery_operator.beat", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-lease", action="store_true",
+                        help="do not take the leader lease (every beat contends; the claims keep runs unique)")
+    parser.add_argument("--max-catch-up", type=int, default=None, metavar="N",
+                        help="at most N missed runs per job are caught up after an outage")
+    parser.add_argument("--log-level", default=os.environ.get("CELERY_OPERATOR_LOG_LEVEL", "INFO"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("celery_operator.beat")
+    missing = [name for name in (ENV_BROKER_URL, ENV_STATE_URL, ENV_KEY_PREFIX) if not os.environ.get(name)]
+    if missing:
+        log.error("missing environment: %s", ", ".join(missing))
+        return 2
+    prefix = os.environ[ENV_KEY_PREFIX]
+    match = _PREFIX.match(prefix)
+    if match is None:
+        log.error("%s=%r is not of the form celery-operator:beat:{<namespace>/<taskqueue>}:", ENV_KEY_PREFIX, prefix)
+        return 2
+
+    from .runner import MAX_CATCH_UP, Beat, CelerySender, StateStore
+
+    broker_url, state_url = os.environ[ENV_BROKER_URL], os.environ[ENV_STATE_URL]
+    store = StateStore(state_url, prefix)
+    sender = CelerySender(broker_url)
+    beat = Beat(store, sender, namespace=match["namespace"], instance=os.environ.get(ENV_INSTANCE) or None,
+                max_catch_up=args.max_catch_up if args.max_catch_up is not None else MAX_CATCH_UP,
+                lease=not args.no_lease, secrets=(broker_url,))
+    stop = threading.Event()
+
+    def on_signal(number: int, _frame: Any) -> None:
+        log.info("%s: stopping", signal.Signals(number).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("beat %s for TaskQueue %s/%s starting", beat.instance, match["namespace"], match["taskqueue"])
+    try:
+        beat.run(stop)
+    finally:
+        sender.close()
+        store.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

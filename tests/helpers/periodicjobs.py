@@ -1,0 +1,93 @@
+"""PeriodicJob objects for end-to-end tests: build, apply, edit, delete, and wait on their status;
+and reading back which runs the sample app's `record` task saw."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes
+import redis
+
+from tests.helpers.devcluster import DevCluster
+from tests.helpers.waiting import wait_for
+
+GROUP, VERSION, PLURAL = "celery-operator.dev", "v1alpha1", "periodicjobs"
+
+
+def periodicjob(name: str, taskqueue: str, key: str, *, queue: str | None = "jobs", **spec: Any) -> dict[str, Any]:
+    """A PeriodicJob sending `myapp.tasks.record(key)`: every run appends its task id to the list `key`."""
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PeriodicJob", "metadata": {"name": name},
+            "spec": {"taskQueueRef": {"name": taskqueue}, "task": "myapp.tasks.record", "args": [key], **spec}}
+    if queue is not None:
+        body["spec"]["queue"] = queue
+    return body
+
+
+class PeriodicJobs:
+    """Reads and writes PeriodicJobs in one namespace."""
+
+    def __init__(self, cluster: DevCluster, namespace: str):
+        self.cluster = cluster
+        self.namespace = namespace
+        self.api_client = cluster.api_client()
+        self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
+        self.core = kubernetes.client.CoreV1Api(self.api_client)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def apply(self, body: dict[str, Any]) -> None:
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(body))
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.get(name)
+            return True
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec})
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def condition(self, name: str, condition_type: str = "Ready") -> dict[str, Any] | None:
+        for condition in self.status(name).get("conditions", []):
+            if condition["type"] == condition_type:
+                return condition
+        return None
+
+    def wait_ready(self, name: str, status: str, reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
+        def matches() -> dict[str, Any] | None:
+            body = self.get(name)
+            for found in (body.get("status") or {}).get("conditions", []):
+                if (found["type"] == "Ready" and found["status"] == status
+                        and (reason is None or found["reason"] == reason)
+                        and found.get("observedGeneration") == body["metadata"]["generation"]):
+                    return found
+            return None
+
+        return wait_for(matches, timeout, f"Ready={status} ({reason}) on PeriodicJob {name}")
+
+    def events(self, name: str) -> list[Any]:
+        selector = f"involvedObject.name={name},involvedObject.kind=PeriodicJob"
+        return self.core.list_namespaced_event(self.namespace, field_selector=selector).items
+
+
+def recorded(url: str, key: str) -> list[dict[str, Any]]:
+    """What the `record` task appended to the list `key`: {"id", "value", "hostname"} per run."""
+    client = redis.Redis.from_url(url)
+    try:
+        return [json.loads(item) for item in client.lrange(key, 0, -1)]
+    finally:
+        client.close()

@@ -280,7 +280,13 @@ def workers_condition(identity: ObjectIdentity, spec: TaskQueueSpec,
     return "True", "WorkersAvailable", f"all {len(spec.queues)} worker Deployment(s) have their replicas available"
 
 
-def broker_condition(runtime: Runtime, access: BrokerAccess) -> tuple[str, str, str]:
+def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
+                     children: Mapping[ChildKey, Manifest]) -> tuple[str, str, str]:
+    if spec.broker.kind == "managed":
+        name = naming.broker_name(identity.name)
+        desired, ready, settled = _deployment_ready(children.get(("apps/v1", "Deployment", name), {}))
+        if not settled:  # still starting: a progress report, not an outage
+            return "False", "BrokerStarting", f"waiting for the managed Redis (Deployment {name}: {ready}/{desired} ready)"
     problem = runtime.probe_broker(access.url, runtime.settings.broker_timeout_seconds)
     if problem is None:
         return "True", "BrokerReachable", "the broker answers"
@@ -364,6 +370,10 @@ def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(old.get(key) != value for key, value in new.items() if key not in ("conditions", "queues"))
 
 
+# Ready=False while things start: worth an Event, not a Warning
+PROGRESS_REASONS = frozenset({"BrokerStarting", "WorkersNotReady", "BeatNotAvailable"})
+
+
 def _event_for(old_status: Mapping[str, Any], new_status: Mapping[str, Any]) -> tuple[str, str, str] | None:
     """One Event when Ready flips or its reason changes: (type, reason, message)."""
     before = conditions.get_condition(old_status.get("conditions"), conditions.READY) or {}
@@ -372,7 +382,8 @@ def _event_for(old_status: Mapping[str, Any], new_status: Mapping[str, Any]) -> 
         return None
     if after.get("status") == "True":
         return "Normal", "Ready", after.get("message", "")
-    return "Warning", after.get("reason", "NotReady"), after.get("message", "")
+    reason = after.get("reason", "NotReady")
+    return ("Normal" if reason in PROGRESS_REASONS else "Warning"), reason, after.get("message", "")
 
 
 def report(runtime: Runtime, body: Mapping[str, Any], identity: ObjectIdentity, verdict: Verdict,
@@ -498,7 +509,7 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Mapping[ChildK
             logger.info("deleted %s in %s: no longer in the spec", name, identity.namespace)
     except Blocked as blocked:
         return Verdict(broker=None, workers=None, blocked=blocked)
-    broker = broker_condition(runtime, access)
+    broker = broker_condition(runtime, identity, spec, access, children)
     state, problem = None, None
     if beat.state_url is not None and (beat.options is not None or _has_beat_children(observed)):
         if beat.state_url == access.url and broker[0] != "True":

@@ -219,6 +219,8 @@ def test_managed_redis_runs_with_its_password_and_workers_consume(tqs: TaskQueue
     """The node agent runs the managed Redis and a real worker; a producer uses the Secret's URL."""
     tqs.apply(taskqueue("live", queues=[{"name": "jobs", "replicas": 1}]))
     tqs.wait_condition("live", "Ready", "True", timeout=120)
+    assert [(e.type, e.reason) for e in tqs.events("live") if e.type == "Warning"] == [], \
+        "a healthy start reports progress, never a warning"
     url = _secret_values(tqs, "live-broker")["url"]
 
     anonymous = redis.Redis.from_url(url.replace(f":{_secret_values(tqs, 'live-broker')['password']}@", ""))

@@ -129,6 +129,8 @@ def test_one_event_per_change_of_ready() -> None:
     assert reconcile._event_for({}, ready) == ("Normal", "Ready", ready["conditions"][2]["message"])
     assert reconcile._event_for(ready, conflict)[:2] == ("Warning", "NameConflict")
     assert reconcile._event_for(conflict, conflict) is None
+    starting = reconcile.compose_status({}, IDENTITY, _verdict(broker=("False", "BrokerStarting", "waiting")), NOW)
+    assert reconcile._event_for({}, starting)[:2] == ("Normal", "BrokerStarting"), "progress is no warning"
 
 
 def test_settings_from_environment() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import kubernetes
@@ -25,7 +24,7 @@ from tests.helpers.brokers import RabbitBroker
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.periodicjobs import PeriodicJobs, periodicjob, recorded
-from tests.helpers.processes import RedisServer, start_redis
+from tests.helpers.processes import RedisServer
 from tests.helpers.taskqueues import TaskQueues, taskqueue
 from tests.helpers.waiting import holds_for, wait_for
 
@@ -35,24 +34,10 @@ CUSTOM_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 
 @pytest.fixture
-def tqs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> Iterator[TaskQueues]:
-    handle = TaskQueues(devcluster, namespace)
-    yield handle
-    handle.close()
-
-
-@pytest.fixture
 def pjs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> Iterator[PeriodicJobs]:
     handle = PeriodicJobs(devcluster, namespace)
     yield handle
     handle.close()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis")
-    yield server
-    server.stop()
 
 
 def beat_taskqueue(name: str, url: str, queue: str = "jobs", **spec: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes
 import redis
 
-from tests.helpers.devcluster import DevCluster
+from tests.helpers.taskqueues import CustomResources
 from tests.helpers.waiting import wait_for
 
 GROUP, VERSION, PLURAL = "celery-operator.dev", "v1alpha1", "periodicjobs"
@@ -24,24 +24,8 @@ def periodicjob(name: str, taskqueue: str, key: str, *, queue: str | None = "job
     return body
 
 
-class PeriodicJobs:
-    """Reads and writes PeriodicJobs in one namespace."""
-
-    def __init__(self, cluster: DevCluster, namespace: str):
-        self.cluster = cluster
-        self.namespace = namespace
-        self.api_client = cluster.api_client()
-        self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
-        self.core = kubernetes.client.CoreV1Api(self.api_client)
-
-    def close(self) -> None:
-        self.api_client.close()
-
-    def apply(self, body: dict[str, Any]) -> None:
-        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(body))
-
-    def get(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+class PeriodicJobs(CustomResources):
+    plural = PLURAL
 
     def exists(self, name: str) -> bool:
         try:

@@ -24,8 +24,10 @@ def taskqueue(name: str, queues: list[dict[str, Any]] | None = None, **spec: Any
     return body
 
 
-class TaskQueues:
-    """Reads and writes TaskQueues in one namespace."""
+class CustomResources:
+    """Reads and writes one kind of ours in one namespace."""
+
+    plural = ""
 
     def __init__(self, cluster: DevCluster, namespace: str):
         self.cluster = cluster
@@ -42,7 +44,11 @@ class TaskQueues:
         self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(body))
 
     def get(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, name)
+
+
+class TaskQueues(CustomResources):
+    plural = PLURAL
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec})

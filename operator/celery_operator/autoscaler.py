@@ -235,9 +235,6 @@ def tick(runtime: Runtime, body: Mapping[str, Any], children: Sequence[Manifest]
     status = compose_scaler_status(body, identity, spec, outcomes, unreadable, runtime.broker_ever_read(identity.uid))
     old_status = body.get("status") or {}
     if scaler_status_changed(old_status, status):
-        runtime.kube.apply_status(naming.API_VERSION, naming.TASKQUEUE_KIND, identity.namespace, identity.name,
-                                  status, runtime.settings.scaler_field_manager)
-        event = _autoscaling_event(old_status, status)
-        if event is not None:
-            runtime.kube.post_event(body, *event)
+        runtime.kube.publish_status(body, status, runtime.settings.scaler_field_manager,
+                                    _autoscaling_event(old_status, status))
     metrics.TICK_SECONDS.observe(time.perf_counter() - started)

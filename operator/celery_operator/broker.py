@@ -224,6 +224,29 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
+def probe(url: str, timeout: float) -> str | None:
+    """Is the broker reachable from the operator? None when it answers, else why not (no password).
+
+    One short connection per check: Redis answers PING, an AMQP broker completes its handshake.
+    """
+    try:
+        if _scheme(url) in REDIS_SCHEMES:
+            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        else:
+            connection = _connection(url, timeout)
+            try:
+                _connect(connection)
+            finally:
+                _release(connection)
+    except Exception as error:  # noqa: BLE001 - every failure means the same to the caller: not reachable now
+        return _scrub(f"broker not reachable: {type(error).__name__}: {error}", url)
+    return None
+
+
 # --- worker names ------------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -125,17 +124,6 @@ def forget_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, memo:
     metrics.forget_taskqueue(namespace, name)
 
 
-def _taskqueue_of(spec: Mapping[str, Any], namespace: str, taskqueues_by_name: kopf.Index,
-                  *indexes: kopf.Index) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The PeriodicJob's TaskQueue (None if missing) and that TaskQueue's Secrets and Deployments."""
-    reference = (spec.get("taskQueueRef") or {}).get("name")
-    found = list(taskqueues_by_name.get((namespace, reference), [])) if reference else []
-    if not found:
-        return None, []
-    taskqueue = found[0]
-    return taskqueue, _children(taskqueue["metadata"]["uid"], *indexes)
-
-
 @kopf.on.resume(*_PERIODICJOBS, backoff=_RETRY)
 @kopf.on.create(*_PERIODICJOBS, backoff=_RETRY)
 @kopf.on.update(*_PERIODICJOBS, backoff=_RETRY)
@@ -143,15 +131,15 @@ def _taskqueue_of(spec: Mapping[str, Any], namespace: str, taskqueues_by_name: k
 def reconcile_periodicjob(body: kopf.Body, spec: kopf.Spec, namespace: str, memo: kopf.Memo,
                           taskqueues_by_name: kopf.Index, owned_secrets: kopf.Index, owned_deployments: kopf.Index,
                           old: dict[str, Any] | None = None, **_: Any) -> None:
-    taskqueue, children = _taskqueue_of(spec, namespace, taskqueues_by_name, owned_secrets, owned_deployments)
-    previous = (old or {}).get("spec") or {}
-    moved_from = (_taskqueue_of(previous, namespace, taskqueues_by_name, owned_secrets)
-                  if previous.get("taskQueueRef") not in (None, spec.get("taskQueueRef")) else None)
+    taskqueue, children = periodicjobs.taskqueue_of(spec, namespace, taskqueues_by_name, owned_secrets,
+                                                    owned_deployments)
+    moved_from = periodicjobs.taskqueue_left(spec, (old or {}).get("spec"), namespace, taskqueues_by_name,
+                                             owned_secrets)
     periodicjobs.reconcile_periodicjob(memo.runtime, body, taskqueue, children, moved_from=moved_from)
 
 
 @kopf.on.delete(*_PERIODICJOBS, optional=True)
 def forget_periodicjob(body: kopf.Body, spec: kopf.Spec, namespace: str, memo: kopf.Memo,
                        taskqueues_by_name: kopf.Index, owned_secrets: kopf.Index, **_: Any) -> None:
-    taskqueue, children = _taskqueue_of(spec, namespace, taskqueues_by_name, owned_secrets)
+    taskqueue, children = periodicjobs.taskqueue_of(spec, namespace, taskqueues_by_name, owned_secrets)
     periodicjobs.forget_periodicjob(memo.runtime, body, taskqueue, children)

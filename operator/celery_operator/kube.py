@@ -221,6 +221,15 @@ class Kube:
         return self._call("STATUS", "PATCH", path, body=body,
                           query=[("fieldManager", field_manager), ("force", "true")], content_type=APPLY_PATCH)
 
+    def publish_status(self, body: Mapping[str, Any], status: Mapping[str, Any], field_manager: str,
+                       event: tuple[str, str, str] | None) -> None:
+        """Apply `status` to the object `body` describes, then record `event` (type, reason, message) if any."""
+        metadata = body["metadata"]
+        self.apply_status(body["apiVersion"], body["kind"], metadata["namespace"], metadata["name"], status,
+                          field_manager)
+        if event is not None:
+            self.post_event(body, *event)
+
     def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
                        annotations: Mapping[str, str | None]) -> Manifest:
         """Merge-patch annotations (None removes one): used for pod-deletion-cost on pods."""

@@ -237,6 +237,33 @@ def _event_for(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str
     return "Warning", after.get("reason", BEAT_NOT_RUNNING), after.get("message", "")
 
 
+Located = tuple[dict[str, Any] | None, list[dict[str, Any]]]
+
+
+def taskqueue_of(spec: Mapping[str, Any], namespace: str,
+                 taskqueues_by_name: Mapping[tuple[str, str], Iterable[dict[str, Any]]],
+                 *children_by_owner: Mapping[str, Iterable[dict[str, Any]]]) -> Located:
+    """The TaskQueue a PeriodicJob spec names (None if missing) and that TaskQueue's children,
+    looked up in the handlers' indexes (TaskQueues by (namespace, name), children by owner uid)."""
+    reference = (spec.get("taskQueueRef") or {}).get("name")
+    found = list(taskqueues_by_name.get((namespace, reference), [])) if reference else []
+    if not found:
+        return None, []
+    taskqueue = found[0]
+    uid = taskqueue["metadata"]["uid"]
+    return taskqueue, [item for index in children_by_owner for item in index.get(uid, [])]
+
+
+def taskqueue_left(spec: Mapping[str, Any], previous: Mapping[str, Any] | None, namespace: str,
+                   taskqueues_by_name: Mapping[tuple[str, str], Iterable[dict[str, Any]]],
+                   *children_by_owner: Mapping[str, Iterable[dict[str, Any]]]) -> Located | None:
+    """The TaskQueue an edit moved the PeriodicJob away from, if the edit changed taskQueueRef."""
+    before = (previous or {}).get("taskQueueRef")
+    if before in (None, spec.get("taskQueueRef")):
+        return None
+    return taskqueue_of(previous or {}, namespace, taskqueues_by_name, *children_by_owner)
+
+
 def reconcile_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,
                           children: Iterable[Manifest], now: float | None = None,
                           moved_from: tuple[Mapping[str, Any] | None, Iterable[Manifest]] | None = None) -> None:
@@ -254,11 +281,7 @@ def reconcile_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: 
         new = compose_status(body, outcome, datetime.datetime.fromtimestamp(moment, datetime.timezone.utc))
         if not status_changed(old, new):
             return
-        runtime.kube.apply_status(naming.API_VERSION, naming.PERIODICJOB_KIND, identity.namespace, identity.name,
-                                  new, runtime.settings.field_manager)
-        event = _event_for(old, new)
-        if event is not None:
-            runtime.kube.post_event(body, *event)
+        runtime.kube.publish_status(body, new, runtime.settings.field_manager, _event_for(old, new))
 
 
 def remove_from_taskqueue(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,

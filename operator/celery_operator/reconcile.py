@@ -392,11 +392,7 @@ def report(runtime: Runtime, body: Mapping[str, Any], identity: ObjectIdentity, 
     new_status = compose_status(body, identity, verdict, now)
     if not status_changed(old_status, new_status):
         return
-    runtime.kube.apply_status(naming.API_VERSION, naming.TASKQUEUE_KIND, identity.namespace, identity.name,
-                              new_status, runtime.settings.field_manager)
-    event = _event_for(old_status, new_status)
-    if event is not None:
-        runtime.kube.post_event(body, *event)
+    runtime.kube.publish_status(body, new_status, runtime.settings.field_manager, _event_for(old_status, new_status))
 
 
 # --- the beat ----------------------------------------------------------------------------------

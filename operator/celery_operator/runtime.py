@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import broker, broker_probe
+from . import broker
 from .kube import Kube
 from .scaling import History
 from .settings import OperatorSettings
@@ -100,7 +100,7 @@ class Runtime:
     @classmethod
     def create(cls, settings: OperatorSettings) -> "Runtime":
         return cls(kube=Kube.from_environment(settings.api_timeout_seconds), settings=settings,
-                   probe_broker=broker_probe.probe, brokers=BrokerRegistry(settings.broker_timeout_seconds))
+                   probe_broker=broker.probe, brokers=BrokerRegistry(settings.broker_timeout_seconds))
 
     def lock_for(self, uid: str) -> threading.Lock:
         """Timers and change handlers of one object may run at once in kopf's thread pool."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.brokers import RedisBroker
 from tests.helpers.processes import RedisServer, redis_server_binary, start_redis
 
 
@@ -23,3 +24,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+def redis_broker(tmp_path: Path) -> Iterator[RedisBroker]:
+    """A password-protected redis-server on a free port, for one test."""
+    server = RedisBroker(tmp_path / "redis-broker")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +40,9 @@ T0 = 1_800_000_000.0  # a fixed clock for the in-process tests (2027-01-15T08:00
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[RedisBroker]:
-    server = RedisBroker(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def broker(redis_broker: RedisBroker) -> RedisBroker:
+    """The Redis that is both the beat's broker and its state store."""
+    return redis_broker
 
 
 def put_job(url: str, name: str, active_since: float, queue: str = "beat-it", **spec: Any) -> str:

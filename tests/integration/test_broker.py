@@ -46,17 +46,6 @@ METHODS = ["lua", "pipeline"]
 SEP = "\x06\x16"
 
 
-@pytest.fixture
-def redis_broker(tmp_path: Path) -> Iterator[RedisBroker]:
-    """A password-protected redis-server on a free port, for one test."""
-    server = RedisBroker(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
     """A RabbitMQ node of its own (about 5 s to start), shared by this module's AMQP tests."""

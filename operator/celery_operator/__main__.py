@@ -26,13 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     import kopf
 
     from celery_operator import handlers  # noqa: F401  (registers the handlers)
+    from celery_operator.rediscovery import new_insights
     from celery_operator.settings import load
 
     # `kopf run` sets up logging itself; run programmatically, kopf leaves that to us
     level = load().log_level.upper()
     kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
 
+    insights = new_insights()  # shared with the rescans of CRDs installed after the start
     kopf.run(
+        insights=insights,
+        memo=kopf.Memo(kopf_insights=insights),
         standalone=True,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

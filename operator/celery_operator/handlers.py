@@ -12,13 +12,23 @@ from typing import Any
 
 import kopf
 
-from . import autoscaler, metrics, naming, periodicjobs, reconcile
+from . import autoscaler, metrics, naming, periodicjobs, reconcile, rediscovery
 from .kube import controller_uid
 from .settings import configure, load  # noqa: F401  (registers the startup hook)
 
 _OURS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 _TASKQUEUES = (naming.GROUP, naming.VERSION, naming.TASKQUEUE_PLURAL)
 _PERIODICJOBS = (naming.GROUP, naming.VERSION, naming.PERIODICJOB_PLURAL)
+
+
+@kopf.on.startup()
+async def start_rediscovery(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
+    rediscovery.start(memo, settings, kopf.get_default_registry())
+
+
+@kopf.on.cleanup()
+async def stop_rediscovery(memo: kopf.Memo, **_: Any) -> None:
+    rediscovery.stop(memo)
 
 
 def _by_owner(body: kopf.Body) -> dict[str, dict[str, Any]] | None:

@@ -9,6 +9,7 @@ so the ReplicaSet controller removes idle workers first. No kopf imports here.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import time
@@ -30,6 +31,8 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 BUSY_POD_COST = 1000
 IDLE_POD_COST = -1000
 INSPECT_TIMEOUT_SECONDS = 1.0
+WAKE_GAP_SECONDS = 0.25
+UNSETTLED_RETRY_SECONDS = 1.0  # between ticks while a TaskQueue is not yet reconciled or its broker never answered
 SCALER_STATUS_QUEUE_FIELDS = ("name", "pending", "inFlight", "desiredReplicas", "lastScaleTime")
 
 
@@ -51,6 +54,7 @@ class QueueOutcome:
     in_flight: int
     desired: int
     last_scale_time: str | None
+    idle_at_zero: bool = False  # autoscaled and scaled to zero: its first message should wake the scaler
 
     def status(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "pending": self.pending, "inFlight": self.in_flight,
@@ -60,12 +64,32 @@ class QueueOutcome:
         return entry
 
 
+async def sleep_until_next_tick(stopped: Any, woken: asyncio.Event, seconds: float, ticked_at: float) -> None:
+    """Sleep `seconds`, or less: until the daemon is stopped or a queue at zero gets a message. A
+    wake-up comes no sooner than WAKE_GAP_SECONDS after the last tick began (loop.time()), so a flood
+    of messages on a queue that cannot scale costs a few ticks a second, not one per message."""
+    loop = asyncio.get_running_loop()
+    waits = {asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stopped.wait(seconds))}
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    if woken.is_set() and not stopped:
+        await asyncio.sleep(max(0.0, ticked_at + WAKE_GAP_SECONDS - loop.time()))
+
+
 def poll_interval(body: Mapping[str, Any]) -> float:
     """The TaskQueue's pollIntervalSeconds (2 s when the spec cannot be read)."""
     try:
         return float(TaskQueueSpec.parse(body.get("spec")).autoscaling.poll_interval_seconds)
     except SpecError:
         return 2.0
+
+
+def next_tick_in(body: Mapping[str, Any], settled: bool) -> float:
+    interval = poll_interval(body)
+    return interval if settled else min(interval, UNSETTLED_RETRY_SECONDS)
 
 
 def _broker_url(identity: ObjectIdentity, children: Mapping[tuple[str, str, str], Manifest]) -> str | None:
@@ -136,6 +160,7 @@ def _tick_queue(runtime: Runtime, body: Mapping[str, Any], identity: ObjectIdent
     pending = observation.pending if isinstance(observation, scaling.Observation) else 0
     in_flight = observation.in_flight if isinstance(observation, scaling.Observation) else 0
     desired = current if queue.autoscaling is None else None
+    replicas = current
     if queue.autoscaling is not None and deployment is not None:
         policy = scaling.ScalingPolicy.from_spec(queue.autoscaling, spec.autoscaling)
         decision = scaling.decide(observation, policy, memory.history, current, time.monotonic())
@@ -144,12 +169,14 @@ def _tick_queue(runtime: Runtime, body: Mapping[str, Any], identity: ObjectIdent
         if decision.changed:
             _scale(runtime, body, identity, url, queue, decision, pods, handles)
             memory.last_scale_time = _now_text()
+            replicas = decision.replicas
     previous = _previous_queue_status(body, queue.name)
     if isinstance(observation, scaling.Unknown):  # show the last figures known, not zeros
         pending, in_flight = int(previous.get("pending", 0)), int(previous.get("inFlight", 0))
     metrics.record_queue(identity, queue.name, pending, in_flight, desired or 0, current)
     return QueueOutcome(name=queue.name, pending=pending, in_flight=in_flight, desired=desired or 0,
-                        last_scale_time=memory.last_scale_time or previous.get("lastScaleTime"))
+                        last_scale_time=memory.last_scale_time or previous.get("lastScaleTime"),
+                        idle_at_zero=queue.autoscaling is not None and deployment is not None and replicas == 0)
 
 
 def _previous_queue_status(body: Mapping[str, Any], queue: str) -> Mapping[str, Any]:
@@ -208,17 +235,19 @@ def _autoscaling_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[
     return "Warning", after["reason"], after["message"]
 
 
-def tick(runtime: Runtime, body: Mapping[str, Any], children: Sequence[Manifest], pods_of: PodsOfQueue) -> None:
-    """One scaler pass over a TaskQueue; writes only what changed."""
+def tick(runtime: Runtime, body: Mapping[str, Any], children: Sequence[Manifest], pods_of: PodsOfQueue) -> bool:
+    """One scaler pass over a TaskQueue; writes only what changed. False while there is not yet all
+    there is to measure (not reconciled, broker never read): the caller then comes back soon rather
+    than after pollIntervalSeconds."""
     identity = ObjectIdentity.from_body(body)
     try:
         spec = TaskQueueSpec.parse(body.get("spec"))
     except SpecError:
-        return  # the reconciler reports it
+        return True  # the reconciler reports it; nothing to hurry for
     by_key = {builders.child_key(item): item for item in children}
     url = _broker_url(identity, by_key)
     if url is None:
-        return  # not reconciled yet
+        return False  # not reconciled yet
     started = time.perf_counter()
     handles = runtime.brokers.acquire(identity.uid, url)
     depths, unreadable = _read_depths(handles, spec)
@@ -227,14 +256,19 @@ def tick(runtime: Runtime, body: Mapping[str, Any], children: Sequence[Manifest]
     else:
         runtime.mark_broker_read(identity.uid)
     outcomes = []
+    every_deployment = True  # of the autoscaled queues: a queue at zero is only watched once it has one
     for queue in spec.queues:
         deployment = by_key.get(("apps/v1", "Deployment", naming.worker_name(identity.name, queue.name)))
+        every_deployment = every_deployment and (deployment is not None or queue.autoscaling is None)
         depth = None if depths is None else depths.get(queue.name)
         outcomes.append(_tick_queue(runtime, body, identity, spec, queue, url, handles, depth, unreadable,
                                     deployment, pods_of(queue.dns_name)))
+    if handles.arrivals is not None:
+        handles.arrivals.watch(identity.uid, [outcome.name for outcome in outcomes if outcome.idle_at_zero])
     status = compose_scaler_status(body, identity, spec, outcomes, unreadable, runtime.broker_ever_read(identity.uid))
     old_status = body.get("status") or {}
     if scaler_status_changed(old_status, status):
         runtime.kube.publish_status(body, status, runtime.settings.scaler_field_manager,
                                     _autoscaling_event(old_status, status))
     metrics.TICK_SECONDS.observe(time.perf_counter() - started)
+    return every_deployment and runtime.broker_ever_read(identity.uid)

@@ -107,22 +107,29 @@ def reconcile_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, me
 async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid: str, name: str, namespace: str,
                               memo: kopf.Memo, logger: logging.Logger, owned_deployments: kopf.Index,
                               owned_secrets: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
-    """Measure every queue and scale the autoscaled ones, every spec.autoscaling.pollIntervalSeconds."""
+    """Measure every queue and scale the autoscaled ones, every spec.autoscaling.pollIntervalSeconds, and
+    at once when a queue at zero workers gets a message."""
     runtime = memo.runtime
     loop = asyncio.get_running_loop()
 
     def pods_of(queue_dns: str) -> list[autoscaler.WorkerPod]:
         return list(worker_pods.get((namespace, name, queue_dns), []))
 
+    woken = runtime.wakeups.register(uid)
     try:
         while not stopped:
+            woken.clear()
+            ticked_at = loop.time()
             children = _children(uid, owned_deployments, owned_secrets)
+            settled = True
             try:
-                await loop.run_in_executor(runtime.scaler_pool, autoscaler.tick, runtime, body, children, pods_of)
+                settled = await loop.run_in_executor(runtime.scaler_pool, autoscaler.tick, runtime, body, children,
+                                                     pods_of)
             except Exception:  # the next tick is the retry; the loop must outlive one bad tick
                 logger.exception("scaler tick failed")
-            await stopped.wait(autoscaler.poll_interval(body))
+            await autoscaler.sleep_until_next_tick(stopped, woken, autoscaler.next_tick_in(body, settled), ticked_at)
     finally:
+        runtime.wakeups.forget(uid)
         await asyncio.to_thread(runtime.brokers.release, uid)
 
 

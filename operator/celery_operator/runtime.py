@@ -3,6 +3,7 @@ per-object locks, one broker connection set per broker URL, and the scaler's mem
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,18 +23,49 @@ class BrokerHandles:
 
     reader: broker.DepthReader
     monitor: broker.HeartbeatMonitor
+    arrivals: broker.ArrivalWatcher | None = None  # Redis brokers only
     users: set[str] = field(default_factory=set)
 
     def close(self) -> None:
         self.monitor.stop(wait=False)
+        if self.arrivals is not None:
+            self.arrivals.stop()
         self.reader.close()
+
+
+class Wakeups:
+    """One asyncio.Event per TaskQueue for its scaler daemon to sleep on; `wake` may be called from any
+    thread (the broker's arrival watcher), and makes the daemon tick at once."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, uid: str) -> asyncio.Event:
+        """Called by the daemon, on its event loop."""
+        event = asyncio.Event()
+        with self._lock:
+            self._events[uid] = (asyncio.get_running_loop(), event)
+        return event
+
+    def wake(self, uid: str) -> None:
+        with self._lock:
+            entry = self._events.get(uid)
+        if entry is not None:
+            loop, event = entry
+            loop.call_soon_threadsafe(event.set)
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._events.pop(uid, None)
 
 
 class BrokerRegistry:
     """Opens a broker's handles on first use and closes them when its last TaskQueue lets go."""
 
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float, on_arrival: Callable[[str], None] = lambda user: None):
         self._timeout = timeout
+        self._on_arrival = on_arrival
         self._by_url: dict[str, BrokerHandles] = {}
         self._url_of_user: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -46,8 +78,13 @@ class BrokerRegistry:
             handles = self._by_url.get(url)
             if handles is None:
                 monitor = broker.HeartbeatMonitor(url, timeout=self._timeout)
-                handles = BrokerHandles(reader=broker.depth_reader_for(url, timeout=self._timeout), monitor=monitor)
+                arrivals = broker.ArrivalWatcher(url, self._on_arrival, timeout=self._timeout) \
+                    if broker.is_redis_url(url) else None
+                handles = BrokerHandles(reader=broker.depth_reader_for(url, timeout=self._timeout), monitor=monitor,
+                                        arrivals=arrivals)
                 monitor.start()
+                if arrivals is not None:
+                    arrivals.start()
                 self._by_url[url] = handles
             handles.users.add(user)
             self._url_of_user[user] = url
@@ -63,6 +100,8 @@ class BrokerRegistry:
         if handles is None:
             return
         handles.users.discard(user)
+        if handles.arrivals is not None:
+            handles.arrivals.forget(user)
         if not handles.users:
             del self._by_url[url]
             handles.close()
@@ -89,6 +128,7 @@ class Runtime:
     settings: OperatorSettings
     probe_broker: BrokerProbe
     brokers: BrokerRegistry
+    wakeups: Wakeups
     # broker reads block for up to their timeout: a pool of their own, so slow brokers never
     # starve kopf's handler threads or one another
     scaler_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, "scaler"))
@@ -99,8 +139,10 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: OperatorSettings) -> "Runtime":
+        wakeups = Wakeups()
         return cls(kube=Kube.from_environment(settings.api_timeout_seconds), settings=settings,
-                   probe_broker=broker.probe, brokers=BrokerRegistry(settings.broker_timeout_seconds))
+                   probe_broker=broker.probe, brokers=BrokerRegistry(settings.broker_timeout_seconds, wakeups.wake),
+                   wakeups=wakeups)
 
     def lock_for(self, uid: str) -> threading.Lock:
         """Timers and change handlers of one object may run at once in kopf's thread pool."""

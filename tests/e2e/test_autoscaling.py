@@ -3,6 +3,7 @@ Celery workers of the sample app, and a real Redis the test starts."""
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.request
 from pathlib import Path
@@ -12,6 +13,7 @@ import celery
 import pytest
 import redis
 
+from celery_operator.broker import ARRIVALS_CLIENT
 from tests.helpers.brokers import RabbitBroker
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.processes import RedisServer, start_redis
@@ -73,6 +75,29 @@ def test_a_burst_scales_up_drains_and_returns_to_zero(tqs: TaskQueues, redis_ser
     status = queue_status(tqs, "burst")
     assert (status["pending"], status["inFlight"], status["desiredReplicas"]) == (0, 0, 0)
     assert status["lastScaleTime"]
+
+
+def arrival_subscriptions(url: str) -> int:
+    return sum(int(client["psub"]) for client in redis.Redis.from_url(url).client_list()
+               if client["name"] == ARRIVALS_CLIENT)
+
+
+def test_a_message_on_a_queue_at_zero_wakes_the_scaler_before_the_next_poll(tqs: TaskQueues) -> None:
+    """pollIntervalSeconds 300: within the deadline, only the managed Redis's keyspace notification
+    of the first message can have started the worker."""
+    tqs.apply(taskqueue("wake", queues=[{"name": "jobs", "autoscaling": {"maxReplicas": 2}}],
+                        autoscaling={"pollIntervalSeconds": 300, "scaleDownStabilizationSeconds": 0}))
+    tqs.wait_condition("wake", "Ready", "True", timeout=120)
+    tqs.wait_condition("wake", "Autoscaling", "True", timeout=60)
+    assert replicas(tqs, "wake-worker-jobs") == 0
+    secret = tqs.core.read_namespaced_secret("wake-broker", tqs.namespace)
+    url = base64.b64decode(secret.data["url"]).decode()
+    wait_for(lambda: arrival_subscriptions(url) == 1, 30, "the scaler watching the idle queue")
+
+    send(url, 1, "wake-runs")
+    wait_for(lambda: replicas(tqs, "wake-worker-jobs") == 1, 30, "the scale-up, long before the next poll")
+    wait_for(lambda: len(recorded(url, "wake-runs")) == 1, 120, "the task to run")
+    assert arrival_subscriptions(url) == 0, "a queue with workers is not watched"
 
 
 def test_a_long_task_outlives_the_scale_down(tqs: TaskQueues, redis_server: RedisServer) -> None:

@@ -65,7 +65,8 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def start_redis(workdir: Path, timeout: float = 15, port: int | None = None) -> RedisServer:
+def start_redis(workdir: Path, timeout: float = 15, port: int | None = None,
+                extra_args: Sequence[str] = ()) -> RedisServer:
     """A throwaway redis-server on 127.0.0.1 (a free port unless given), without persistence."""
     binary = redis_server_binary()
     if binary is None:
@@ -76,7 +77,7 @@ def start_redis(workdir: Path, timeout: float = 15, port: int | None = None) -> 
     with log.open("wb") as out:
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir)],
+             "--dir", str(workdir), *extra_args],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     server = RedisServer(process=process, port=port, log=log)

@@ -255,7 +255,7 @@ def test_managed_redis_without_persistence() -> None:
     assert redis["command"] == ["redis-server"]
     assert redis["args"] == [
         "--port", "6379", "--bind", "$(POD_IP)", "--requirepass", "$(REDIS_PASSWORD)",
-        "--save", "", "--appendonly", "no",
+        "--notify-keyspace-events", "Kl", "--save", "", "--appendonly", "no",
     ]
     assert env_by_name(redis) == {
         "POD_IP": {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},

@@ -34,6 +34,8 @@ def redis_args(persistent: bool) -> list[str]:
         "--port", str(naming.REDIS_PORT),
         "--bind", f"$({POD_IP_ENV})",
         "--requirepass", f"$({REDIS_PASSWORD_ENV})",
+        # announce list writes, so the scaler wakes the moment a queue at zero gets a message
+        "--notify-keyspace-events", "Kl",
     ]
     if persistent:
         args += ["--appendonly", "yes"]

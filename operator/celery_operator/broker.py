@@ -1171,12 +1171,19 @@ class ArrivalWatcher:
 
     def _run(self) -> None:
         backoff = 0.5
+        last_error = None
         while not self._stop.is_set():
             try:
                 self._listen()
                 backoff = 0.5
             except (redis.RedisError, OSError) as error:
-                log.debug("arrivals on %s interrupted: %s", redact(self.url), _scrub(str(error), self.url))
+                message = _scrub(f"{type(error).__name__}: {error}", self.url)
+                # a broker still starting fails a few times: warn only of what lasts
+                lasting = backoff >= self.reconnect_max and message != last_error
+                level = logging.WARNING if lasting else logging.DEBUG
+                log.log(level, "cannot watch idle queues on %s for their first message (the poll still finds it): "
+                        "%s", redact(self.url), message)
+                last_error = message if lasting else last_error
             if self._stop.wait(backoff):
                 break
             backoff = min(backoff * 2, self.reconnect_max)

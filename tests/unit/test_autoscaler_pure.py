@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from celery_operator import autoscaler
@@ -67,3 +69,51 @@ def test_one_event_when_the_broker_goes_and_one_when_it_comes_back() -> None:
     assert autoscaler._autoscaling_event(down, back)[:2] == ("Normal", "BrokerAvailable")
     assert autoscaler._autoscaling_event({}, starting) is None, "a broker still starting is no outage"
     assert autoscaler._autoscaling_event({"conditions": starting["conditions"]}, reading) is None
+
+
+class _Stopped:
+    """kopf's DaemonStopped as the daemon uses it: truthy once stopped, `await wait(seconds)`."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        return self.event.is_set()
+
+
+async def _slept(poll: float, wake_after: float | None = None, stop_after: float | None = None,
+                 ticked_ago: float = 10.0) -> float:
+    loop = asyncio.get_running_loop()
+    stopped, woken = _Stopped(), asyncio.Event()
+    if wake_after is not None:
+        loop.call_later(wake_after, woken.set)
+    if stop_after is not None:
+        loop.call_later(stop_after, stopped.event.set)
+    started = loop.time()
+    await autoscaler.sleep_until_next_tick(stopped, woken, poll, ticked_at=started - ticked_ago)
+    return loop.time() - started
+
+
+def test_the_scaler_sleeps_a_poll_interval_unless_woken_or_stopped() -> None:
+    assert 0.3 <= asyncio.run(_slept(0.3)) < 0.6
+    assert asyncio.run(_slept(5, wake_after=0.05)) < 1.0, "a message on a queue at zero ends the sleep"
+    assert asyncio.run(_slept(5, stop_after=0.05)) < 1.0, "a stopped daemon ends the sleep"
+
+
+def test_wake_ups_come_no_sooner_than_the_gap_after_the_last_tick() -> None:
+    slept = asyncio.run(_slept(5, wake_after=0.0, ticked_ago=0.0))
+    assert autoscaler.WAKE_GAP_SECONDS - 0.02 <= slept < 1.0, "a flood of messages cannot tick back to back"
+
+
+def test_an_unsettled_taskqueue_is_ticked_again_soon() -> None:
+    body = {"spec": {"image": "app:1", "app": "proj", "queues": [{"name": "q"}],
+                     "autoscaling": {"pollIntervalSeconds": 30}}}
+    assert autoscaler.next_tick_in(body, settled=True) == 30
+    assert autoscaler.next_tick_in(body, settled=False) == autoscaler.UNSETTLED_RETRY_SECONDS

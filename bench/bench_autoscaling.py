@@ -8,7 +8,7 @@
 - drain: 400 tasks of 200 ms on one queue (maxReplicas 10, concurrency 2) from 0 replicas,
   against the same burst on 10 replicas started beforehand; the ratio of the two drain times.
 
-    .venv/bin/python bench/bench_autoscaling.py [--trials 20] [--tasks 400]
+    .venv/bin/python bench/bench_autoscaling.py [--trials 20] [--tasks 400] [--replicas 10] [--drain-only]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import celery
 import kubernetes
+import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,27 +136,44 @@ def bench_from_zero(tqs: TaskQueues, url: str) -> tuple[float, float]:
     return ready, done
 
 
-def bench_drain(tqs: TaskQueues, url: str, tasks: int) -> tuple[float, float]:
-    """The same burst twice, on the same queue of the same Redis, one TaskQueue at a time."""
-    tqs.apply(scaled_taskqueue("warm", url, window=30, replicas=10))
-    wait_for(lambda: (d := tqs.deployment("warm-worker-jobs")) and d.status.ready_replicas == 10, 180,
-             "10 warm workers")
+def bench_drain(tqs: TaskQueues, url: str, tasks: int, replicas: int) -> tuple[float, float, dict[str, float]]:
+    """The same burst twice, on the same queue of the same Redis, one TaskQueue at a time; and the
+    CPU the machine spent during the cold drain (a worker's start is CPU-bound)."""
+    tqs.apply(scaled_taskqueue("warm", url, window=30, replicas=replicas))
+    wait_for(lambda: (d := tqs.deployment("warm-worker-jobs")) and d.status.ready_replicas == replicas, 180,
+             f"{replicas} warm workers")
     time.sleep(5)  # Ready means started: give the ten workers time to connect before the burst
     warm = drained(url, "drain-warm", tasks, send(url, tasks, "drain-warm", 0.2))
     tqs.cluster.kubectl("delete", "tq", "warm", "-n", NAMESPACE, "--wait=true")
     wait_for(lambda: not tqs.core.list_namespaced_pod(
         NAMESPACE, label_selector="app.kubernetes.io/instance=warm").items, 180, "the warm workers to go")
 
-    tqs.apply(scaled_taskqueue("cold", url, window=30, autoscaling={"maxReplicas": 10}))
+    tqs.apply(scaled_taskqueue("cold", url, window=30, autoscaling={"maxReplicas": replicas}))
     tqs.wait_condition("cold", "Autoscaling", "True", timeout=60)
+    before = cpu_seconds_by_kind()
     cold = drained(url, "drain-cold", tasks, send(url, tasks, "drain-cold", 0.2))
-    return warm, cold
+    after = cpu_seconds_by_kind()
+    return warm, cold, {kind: after[kind] - before.get(kind, 0.0) for kind in after}
+
+
+def cpu_seconds_by_kind() -> dict[str, float]:
+    """CPU time so far of every process on the machine: the Celery workers' and everything else's."""
+    totals = {"celery workers": 0.0, "everything else": 0.0}
+    for process in psutil.process_iter(["cmdline", "cpu_times"]):
+        times, cmdline = process.info["cpu_times"], " ".join(process.info["cmdline"] or [])
+        if times is None:
+            continue
+        kind = "celery workers" if " worker -Q " in cmdline else "everything else"
+        totals[kind] += times.user + times.system
+    return totals
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--tasks", type=int, default=400)
+    parser.add_argument("--replicas", type=int, default=10, help="workers of the drain (maxReplicas from zero)")
+    parser.add_argument("--drain-only", action="store_true", help="skip the reaction and from-zero figures")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-autoscaling-"))
@@ -170,10 +188,11 @@ def main() -> None:
         operator = start_operator(devcluster, workdir / "operator.log", extra_env={
             "CELERY_OPERATOR_RESYNC_SECONDS": "10"})
         tqs = TaskQueues(devcluster, NAMESPACE)
-        reaction = bench_reaction(tqs, redis_server.url, args.trials, "woken")
-        polled = bench_reaction(tqs, silent_redis.url, args.trials, "polled")
-        zero_ready, zero_done = bench_from_zero(tqs, redis_server.url)
-        warm, cold = bench_drain(tqs, redis_server.url, args.tasks)
+        if not args.drain_only:
+            reaction = bench_reaction(tqs, redis_server.url, args.trials, "woken")
+            polled = bench_reaction(tqs, silent_redis.url, args.trials, "polled")
+            zero_ready, zero_done = bench_from_zero(tqs, redis_server.url)
+        warm, cold, cold_cpu = bench_drain(tqs, redis_server.url, args.tasks, args.replicas)
     finally:
         if operator is not None:
             operator.stop()
@@ -182,17 +201,24 @@ def main() -> None:
         cluster.down(workdir / "cluster")
 
     print(f"{'figure':<58} {'value':>10}")
-    for label, figures in (("woken by the first message", reaction), ("poll only, no notifications", polled)):
-        print(f"{'reaction p50, ' + label:<58} {statistics.median(figures):>9.2f}s")
-        print(f"{'reaction p95 (' + str(len(figures)) + ' trials), ' + label:<58} {percentile(figures, 0.95):>9.2f}s")
-        print(f"{'reaction max, ' + label:<58} {max(figures):>9.2f}s")
-    print(f"{'from zero: first message -> first worker pod Ready':<58} {zero_ready:>9.2f}s")
-    print(f"{'from zero: first message -> first task done':<58} {zero_done:>9.2f}s")
-    print(f"{'drain ' + str(args.tasks) + ' x 200 ms, 10 replicas started beforehand':<58} {warm:>9.2f}s")
-    print(f"{'drain ' + str(args.tasks) + ' x 200 ms, from 0 replicas (max 10)':<58} {cold:>9.2f}s")
+    if not args.drain_only:
+        for label, figures in (("woken by the first message", reaction), ("poll only, no notifications", polled)):
+            print(f"{'reaction p50, ' + label:<58} {statistics.median(figures):>9.2f}s")
+            print(f"{'reaction p95 (' + str(len(figures)) + ' trials), ' + label:<58} "
+                  f"{percentile(figures, 0.95):>9.2f}s")
+            print(f"{'reaction max, ' + label:<58} {max(figures):>9.2f}s")
+        print(f"{'from zero: first message -> first worker pod Ready':<58} {zero_ready:>9.2f}s")
+        print(f"{'from zero: first message -> first task done':<58} {zero_done:>9.2f}s")
+    print(f"{f'drain {args.tasks} x 200 ms, {args.replicas} replicas started beforehand':<58} {warm:>9.2f}s")
+    print(f"{f'drain {args.tasks} x 200 ms, from 0 replicas (max {args.replicas})':<58} {cold:>9.2f}s")
     print(f"{'drain ratio (from zero / warm)':<58} {cold / warm:>10.2f}")
-    print(json.dumps({"reaction woken": [round(r, 3) for r in reaction],
-                      "reaction polled": [round(r, 3) for r in polled]}))
+    cores = psutil.cpu_count() or 1
+    for kind, seconds in cold_cpu.items():
+        print(f"{'from-zero drain: CPU used by ' + kind:<58} {seconds:>9.2f}s")
+    print(f"{'from-zero drain: CPU the machine had (' + str(cores) + ' cores x wall)':<58} {cores * cold:>9.2f}s")
+    if not args.drain_only:
+        print(json.dumps({"reaction woken": [round(r, 3) for r in reaction],
+                          "reaction polled": [round(r, 3) for r in polled]}))
 
 
 if __name__ == "__main__":

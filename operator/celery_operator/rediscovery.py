@@ -61,7 +61,7 @@ async def _revised_within(insights: Any, seconds: float) -> bool:
     async with insights.revised:
         try:
             await asyncio.wait_for(insights.revised.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
     return True
 
@@ -102,6 +102,10 @@ def start(memo: Any, settings: Any, registry: Any) -> None:
     """Begin keep_discovering on the operator's loop, if the entry point shared kopf's insights."""
     logger = logging.getLogger(__name__)
     insights = getattr(memo, "kopf_insights", None)
+    if process_discovered_resource_event is None:
+        logger.warning("This kopf has moved the internals the rescans use: CRDs applied after the operator "
+                       "started are noticed by kopf's own CRD watch alone.")
+        return
     if insights is None:
         logger.info("CRDs are discovered by kopf alone (run `python -m celery_operator` for the rescans "
                     "that catch CRDs installed after the operator started).")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 class Arrivals:
     def __init__(self) -> None:
-        self.users: "queue.Queue[str]" = queue.Queue()
+        self.users: queue.Queue[str] = queue.Queue()
         self.thread_names: set[str] = set()
 
     def __call__(self, user: str) -> None:

@@ -83,7 +83,7 @@ class _Stopped:
     async def wait(self, seconds: float) -> bool:
         try:
             await asyncio.wait_for(self.event.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         return self.event.is_set()
 

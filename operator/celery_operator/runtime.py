@@ -63,7 +63,7 @@ class Wakeups:
 class BrokerRegistry:
     """Opens a broker's handles on first use and closes them when its last TaskQueue lets go."""
 
-    def __init__(self, timeout: float, on_arrival: Callable[[str], None] = lambda user: None):
+    def __init__(self, timeout: float, on_arrival: Callable[[str], None]):
         self._timeout = timeout
         self._on_arrival = on_arrival
         self._by_url: dict[str, BrokerHandles] = {}

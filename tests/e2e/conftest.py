@@ -5,6 +5,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.helpers.brokers import RabbitBroker
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess, apply_crds, start_operator
 from tests.helpers.processes import RedisServer, start_redis
@@ -36,5 +37,14 @@ def tqs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> It
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of the test's own on 127.0.0.1, which pods reach as well (they share the host's network)."""
     server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
+    """A real RabbitMQ for the AMQP tests of one module (some stop and restart it)."""
+    server = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
+    server.start()
     yield server
     server.stop()

@@ -7,14 +7,13 @@ import base64
 import json
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import celery
 import pytest
 import redis
 
-from celery_operator.broker import ARRIVALS_CLIENT
-from tests.helpers.brokers import RabbitBroker
+from tests.helpers.brokers import RabbitBroker, arrival_subscriptions
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.processes import RedisServer, start_redis
 from tests.helpers.taskqueues import TaskQueues, taskqueue
@@ -75,11 +74,6 @@ def test_a_burst_scales_up_drains_and_returns_to_zero(tqs: TaskQueues, redis_ser
     status = queue_status(tqs, "burst")
     assert (status["pending"], status["inFlight"], status["desiredReplicas"]) == (0, 0, 0)
     assert status["lastScaleTime"]
-
-
-def arrival_subscriptions(url: str) -> int:
-    return sum(int(client["psub"]) for client in redis.Redis.from_url(url).client_list()
-               if client["name"] == ARRIVALS_CLIENT)
 
 
 def test_a_message_on_a_queue_at_zero_wakes_the_scaler_before_the_next_poll(tqs: TaskQueues) -> None:
@@ -158,14 +152,6 @@ def test_kubectl_scale_of_an_autoscaled_queue_is_overridden(tqs: TaskQueues, red
     tqs.cluster.kubectl("scale", "-n", tqs.namespace, "deployment/manual-worker-jobs", "--replicas=3")
     wait_for(lambda: replicas(tqs, "manual-worker-jobs") == 3, 10, "kubectl's scale to land")
     wait_for(lambda: replicas(tqs, "manual-worker-jobs") == 0, 30, "the scaler to take its replicas back")
-
-
-@pytest.fixture(scope="module")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
-    server = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def amqp_taskqueue(tqs: TaskQueues, name: str, amqp_url: str, record_url: str, window: int = 3,

@@ -319,14 +319,6 @@ def test_a_custom_scheduler_runs_celery_beat_and_periodicjobs_say_so(tqs: TaskQu
     assert_consecutive(slots, 1)
 
 
-@pytest.fixture(scope="module")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
-    server = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_an_amqp_taskqueue_keeps_its_schedule_in_a_managed_state_redis(tqs: TaskQueues, pjs: PeriodicJobs,
                                                                        rabbitmq: RabbitBroker,
                                                                        redis_server: RedisServer) -> None:

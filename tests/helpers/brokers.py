@@ -23,6 +23,7 @@ import pytest
 import redis
 from celery import Celery
 
+from celery_operator.broker import ARRIVALS_CLIENT
 from devcluster.ports import free_port
 from tests.helpers.broker_app import HOLD
 from tests.helpers.processes import (
@@ -234,3 +235,10 @@ def start_test_worker(url: str, queue: str, pod: str, log_dir: Path, *, pool: st
         app="tests.helpers.broker_app", cwd=REPO_ROOT, concurrency=concurrency, pool=pool,
         hostname=f"{queue}@{pod}",
     )
+
+
+def arrival_subscriptions(url: str) -> int:
+    """The operator's pattern subscriptions to idle queues on a Redis, from CLIENT LIST (its arrival
+    watcher names its connection)."""
+    return sum(int(client["psub"]) for client in redis.Redis.from_url(url).client_list()
+               if client["name"] == ARRIVALS_CLIENT)

@@ -11,7 +11,8 @@ import celery
 import pytest
 import redis
 
-from celery_operator.broker import ARRIVALS_CLIENT, ArrivalWatcher
+from celery_operator.broker import ArrivalWatcher
+from tests.helpers.brokers import arrival_subscriptions
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -49,12 +50,6 @@ def send(url: str, queue_name: str, **options: object) -> None:
         producer.send_task("myapp.tasks.add", args=[1, 2], queue=queue_name, connection=connection, **options)
 
 
-def subscribed_patterns(url: str) -> int:
-    """The watcher's pattern subscriptions, from CLIENT LIST (it names its connection)."""
-    return sum(int(client["psub"]) for client in redis.Redis.from_url(url).client_list()
-               if client["name"] == ARRIVALS_CLIENT)
-
-
 @pytest.fixture
 def notifying_url(redis_url: str) -> str:
     redis.Redis.from_url(redis_url).config_set("notify-keyspace-events", "Kl")
@@ -75,7 +70,7 @@ def test_a_message_on_a_watched_queue_wakes_its_watchers_only(watcher: tuple[Arr
     watching, arrivals = watcher
     watching.watch("tq-a", ["jobs"])
     watching.watch("tq-b", ["other"])
-    wait_for(lambda: subscribed_patterns(notifying_url) == 2, 5, "both queues subscribed")
+    wait_for(lambda: arrival_subscriptions(notifying_url) == 2, 5, "both queues subscribed")
     # a new subscription wakes its watcher once: the scaler then reads what landed before it started
     woken: set[str] = set()
     wait_for(lambda: woken.update(arrivals.drain()) or woken == {"tq-a", "tq-b"}, 5, "both watchers woken once")
@@ -92,7 +87,7 @@ def test_a_message_on_a_watched_queue_wakes_its_watchers_only(watcher: tuple[Arr
 def test_priority_lists_count_as_the_queue(watcher: tuple[ArrivalWatcher, Arrivals], notifying_url: str) -> None:
     watching, arrivals = watcher
     watching.watch("tq", ["jobs"])
-    wait_for(lambda: subscribed_patterns(notifying_url) == 1, 5, "the queue subscribed")
+    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
     assert arrivals.next() == "tq"  # the subscription's own wake-up
     send(notifying_url, "jobs", priority=9)
     assert redis.Redis.from_url(notifying_url).llen("jobs\x06\x169") == 1, "landed on a priority list"
@@ -103,9 +98,9 @@ def test_a_queue_no_longer_at_zero_is_unsubscribed(watcher: tuple[ArrivalWatcher
                                                     notifying_url: str) -> None:
     watching, arrivals = watcher
     watching.watch("tq", ["jobs"])
-    wait_for(lambda: subscribed_patterns(notifying_url) == 1, 5, "the queue subscribed")
+    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
     watching.watch("tq", [])
-    wait_for(lambda: subscribed_patterns(notifying_url) == 0, 5, "the subscription dropped")
+    wait_for(lambda: arrival_subscriptions(notifying_url) == 0, 5, "the subscription dropped")
     arrivals.drain()
     send(notifying_url, "jobs")
     assert arrivals.none_within(0.5)
@@ -118,7 +113,7 @@ def test_without_keyspace_notifications_nothing_arrives(redis_url: str) -> None:
     watching.start()
     try:
         watching.watch("tq", ["jobs"])
-        wait_for(lambda: subscribed_patterns(redis_url) == 1, 5, "the queue subscribed")
+        wait_for(lambda: arrival_subscriptions(redis_url) == 1, 5, "the queue subscribed")
         assert arrivals.next() == "tq"  # the subscription's own wake-up
         send(redis_url, "jobs")
         assert arrivals.none_within(0.5)
@@ -130,13 +125,13 @@ def test_the_watcher_resubscribes_after_the_connection_drops(watcher: tuple[Arri
                                                               notifying_url: str) -> None:
     watching, arrivals = watcher
     watching.watch("tq", ["jobs"])
-    wait_for(lambda: subscribed_patterns(notifying_url) == 1, 5, "the queue subscribed")
+    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
     assert arrivals.next() == "tq"
     admin = redis.Redis.from_url(notifying_url)
     before = {client["id"] for client in admin.client_list(_type="pubsub")}
     admin.client_kill_filter(_type="pubsub")
     wait_for(lambda: (now := {client["id"] for client in admin.client_list(_type="pubsub")}) and not now & before
-             and subscribed_patterns(notifying_url) == 1, 15, "a new subscription")
+             and arrival_subscriptions(notifying_url) == 1, 15, "a new subscription")
     assert arrivals.next() == "tq", "resubscribing wakes the watcher: messages may have landed meanwhile"
     send(notifying_url, "jobs")
     assert arrivals.next() == "tq"

@@ -27,6 +27,9 @@ LABEL_BEAT_ROLE: Final = f"{GROUP}/beat-role"
 BEAT_ROLE_SCHEDULER: Final = "scheduler"
 BEAT_ROLE_STATE: Final = "state"
 ANNOTATION_QUEUE_NAME: Final = f"{GROUP}/queue-name"
+# On every child: the hash of the manifest last applied to it (drift.py), so that an edit which only
+# removes something is seen as a change.
+ANNOTATION_APPLIED_HASH: Final = f"{GROUP}/applied-hash"
 
 APP_NAME: Final = "celery"
 MANAGED_BY: Final = "celery-operator"

@@ -14,12 +14,9 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from kubernetes.utils import parse_quantity
-
-from . import builders, conditions, naming, periodicjobs
+from . import builders, conditions, drift, naming, periodicjobs
 from .beat.jobs import DesiredJob, plan_sync
 from .broker import BeatState, BrokerUnavailable, is_redis_url, read_beat_state, write_beat_jobs
 from .builders import ChildKey, child_key
@@ -41,52 +38,6 @@ class Blocked(Exception):
         self.reason = reason
         self.message = message
         self.condition = condition
-
-
-# --- comparing desired with live ------------------------------------------------------------
-
-def _quantities_equal(desired: Any, live: Any) -> bool:
-    try:
-        return Decimal(parse_quantity(desired)) == Decimal(parse_quantity(live))
-    except (ValueError, TypeError, ArithmeticError):
-        return False
-
-
-def _is_empty(value: Any) -> bool:
-    return value is None or value == {} or value == [] or value == ""
-
-
-def _list_items_by_name(items: Sequence[Any]) -> dict[str, Any] | None:
-    if items and all(isinstance(item, Mapping) and "name" in item for item in items):
-        return {item["name"]: item for item in items}
-    return None
-
-
-def satisfied_by(desired: Any, live: Any, in_quantity: bool = False) -> bool:
-    """Whether the live object already holds every field the desired manifest sets.
-
-    Fields the server or other tools add are ignored; named list items (containers, env, ports)
-    match by name; resource quantities compare by value ("0.5" == "500m").
-    """
-    if isinstance(desired, Mapping):
-        if not isinstance(live, Mapping):
-            return _is_empty(desired) and _is_empty(live)
-        return all(
-            satisfied_by(value, live.get(key), in_quantity or key in ("resources", "storage"))
-            if not _is_empty(value) else _is_empty(live.get(key)) or isinstance(live.get(key), type(value))
-            for key, value in desired.items()
-        )
-    if isinstance(desired, list):
-        if not isinstance(live, list):
-            return not desired and _is_empty(live)
-        desired_named, live_named = _list_items_by_name(desired), _list_items_by_name(live)
-        if desired_named is not None and live_named is not None:
-            return list(desired_named) == [name for name in live_named if name in desired_named] and all(
-                satisfied_by(item, live_named.get(name), in_quantity) for name, item in desired_named.items())
-        return len(desired) == len(live) and all(satisfied_by(d, v, in_quantity) for d, v in zip(desired, live))
-    if desired == live:
-        return True
-    return in_quantity and _quantities_equal(desired, live)
 
 
 # --- the steps -------------------------------------------------------------------------------
@@ -189,14 +140,14 @@ def apply_children(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSp
     kube, settings = runtime.kube, runtime.settings
     autoscaled = _autoscaled_deployment_names(identity, spec)
     result: dict[ChildKey, Manifest] = {}
-    for manifest in desired:
+    for manifest in map(drift.stamped, desired):
         key = child_key(manifest)
         current = live.get(key)
         name = key[2]
         if key[1] == "Deployment" and name in autoscaled and (
                 current is None or not _scaler_owns_replicas(current, settings.scaler_field_manager)):
             current = _hand_replicas_to_scaler(kube, identity, manifest, current, autoscaled[name], settings)
-        if current is not None and satisfied_by(manifest, current):
+        if not drift.needs_apply(manifest, current):
             result[key] = current
             continue
         logger.info("applying %s in %s", _describe(key), identity.namespace)
@@ -538,4 +489,4 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
         report(runtime, body, identity, verdict, moment)
 
 
-__all__ = ["Blocked", "Runtime", "reconcile_taskqueue", "satisfied_by", "KubeError"]
+__all__ = ["Blocked", "Runtime", "reconcile_taskqueue", "KubeError"]

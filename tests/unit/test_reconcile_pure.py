@@ -1,5 +1,5 @@
-"""The reconciler's pure parts: when a live object already satisfies the desired one, how the
-status is composed, when an Event is due, and the operator's settings from the environment."""
+"""The reconciler's pure parts: how the status is composed, when an Event is due, and the
+operator's settings from the environment."""
 
 from __future__ import annotations
 
@@ -15,47 +15,6 @@ pytestmark = pytest.mark.unit
 
 NOW = datetime.datetime(2026, 11, 24, 8, 0, tzinfo=datetime.timezone.utc)
 LATER = NOW + datetime.timedelta(minutes=5)
-
-
-def _deployment(**container: object) -> dict:
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w", "labels": {"a": "1"}},
-            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "worker", "image": "app:1",
-                                                                          **container}]}}}}
-
-
-def test_live_object_with_extra_server_fields_satisfies_the_desired_one() -> None:
-    desired = _deployment(env=[{"name": "A", "value": "1"}], resources={"requests": {"cpu": "0.5", "memory": "1Gi"}})
-    live = _deployment(env=[{"name": "A", "value": "1"}, {"name": "ADDED_BY_SOMEONE", "value": "x"}],
-                       resources={"requests": {"cpu": "500m", "memory": "1024Mi"}}, imagePullPolicy="IfNotPresent")
-    live["metadata"].update(uid="u", resourceVersion="7", labels={"a": "1", "other": "y"})
-    live["status"] = {"replicas": 2}
-    assert reconcile.satisfied_by(desired, live)
-
-
-@pytest.mark.parametrize("drift", [
-    lambda live: live["spec"].update(replicas=3),
-    lambda live: live["spec"]["template"]["spec"]["containers"][0].update(image="evil:1"),
-    lambda live: live["metadata"]["labels"].pop("a"),
-    lambda live: live["spec"]["template"]["spec"]["containers"][0]["env"].pop(0),
-    lambda live: live["spec"]["template"]["spec"]["containers"][0]["env"].reverse(),
-    lambda live: live["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"].update(cpu="1"),
-    lambda live: live["spec"]["template"]["spec"]["containers"][0].update(command=["celery", "other"]),
-])
-def test_any_drift_in_a_field_we_set_is_seen(drift) -> None:
-    desired = _deployment(env=[{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
-                          resources={"requests": {"cpu": "0.5"}}, command=["celery", "worker"])
-    live = _deployment(env=[{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
-                       resources={"requests": {"cpu": "500m"}}, command=["celery", "worker"])
-    assert reconcile.satisfied_by(desired, live)
-    drift(live)
-    assert not reconcile.satisfied_by(desired, live)
-
-
-def test_secret_data_compares_exactly() -> None:
-    desired = {"data": {"url": "cmVkaXM6Ly9h"}}
-    assert reconcile.satisfied_by(desired, {"data": {"url": "cmVkaXM6Ly9h"}, "type": "Opaque"})
-    assert not reconcile.satisfied_by(desired, {"data": {"url": "cmVkaXM6Ly9i"}})
-    assert not reconcile.satisfied_by(desired, {})
 
 
 IDENTITY = ObjectIdentity(name="shop", namespace="ns", uid="u1", generation=3)

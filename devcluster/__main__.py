@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("status", "say what runs")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR, help="the cluster's directory")
+    commands.choices["up"].add_argument("--nodes", type=int, default=None,
+                                        help="real nodes (kubelet on containerd), default 1; 0 = the node agent")
     commands.choices["up"].add_argument("--no-agent", action="store_true", help="control plane only, no node agent")
     commands.add_parser("logs", help="a pod container's log: NAMESPACE/POD [-c CONTAINER] [-f]", add_help=False)
     return parser
@@ -27,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
 def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
-        running = cluster.up(args.dir, agent=False if args.no_agent else None)
+        running = cluster.up(args.dir, agent=False if args.no_agent else None,
+                             nodes=0 if args.no_agent else args.nodes)
     except (cluster.ClusterError, build.BuildError) as failure:
         print(f"devcluster up: {failure}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.5.35"
 HELM_VERSION = "v3.19.5"
 
-KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
 ETCD_COMMANDS = ("etcd",)
 HELM_COMMANDS = ("helm",)
 ALL_COMMANDS = KUBE_COMMANDS + ETCD_COMMANDS + HELM_COMMANDS
@@ -186,12 +186,21 @@ def _build_etcd(work: Path, out: Path, logs: Path, env: dict[str, str]) -> None:
     )
 
 
+def _helm_ldflags() -> str:
+    """Helm's own version, and the pinned Kubernetes as the version `helm template` assumes
+    when it talks to no cluster (otherwise v1.20, older than our charts' kubeVersion)."""
+    kube = KubeVersion.parse(KUBERNETES_VERSION)
+    flags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"]
+    for package in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+        flags += [f"-X {package}.k8sVersionMajor={kube.major}", f"-X {package}.k8sVersionMinor={kube.minor}"]
+    return " ".join(flags)
+
+
 def _build_helm(work: Path, out: Path, logs: Path, env: dict[str, str]) -> None:
     helm_env = dict(env, GOBIN=str(out), GOFLAGS="")
-    version_flag = f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
     _run(
         "helm-install",
-        ["go", "install", "-trimpath", "-ldflags", f"-s -w {version_flag}", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
+        ["go", "install", "-trimpath", "-ldflags", _helm_ldflags(), f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"],
         work, logs, helm_env,
     )
 

@@ -5,11 +5,13 @@ directory. Everything the cluster holds (data, certificates, logs, pid files) li
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import importlib.util
 import ipaddress
 import json
 import os
 import random
+import shutil
 import signal
 import ssl
 import subprocess
@@ -22,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from devcluster import build, pki
+from devcluster import addons, build, network, nodes, pki
+from devcluster.network import ClusterNetwork
 from devcluster.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +55,7 @@ class ComponentExited(ClusterError):
 
 # a component that exits at start is retried on fresh ports
 START_ATTEMPTS = 3
+DEFAULT_NODES = int(os.environ.get("DEVCLUSTER_NODES", "0"))
 
 
 @dataclass
@@ -66,10 +70,30 @@ class ClusterState:
     node_name: str
     agent: bool = True
     pids: dict[str, list[int]] = field(default_factory=dict)
+    # real nodes (kubelet on containerd), each in a network namespace on the cluster's bridge
+    nodes: int = 0
+    node_cidr: str = ""
+    cluster_id: str = ""
+
+    @property
+    def network(self) -> ClusterNetwork:
+        return ClusterNetwork(id=self.cluster_id, node_cidr=self.node_cidr, pod_cidr=self.pod_network,
+                              service_cidr=self.service_cidr)
+
+    @property
+    def apiserver_ip(self) -> str:
+        """Where the API server listens: the bridge's address when nodes must reach it."""
+        return self.network.gateway_ip if self.nodes else "127.0.0.1"
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.apiserver_ip}:{self.apiserver_port}"
+
+    @property
+    def node_names(self) -> list[str]:
+        if not self.nodes:
+            return [self.node_name]
+        return [nodes.node_name(index) for index in range(1, self.nodes + 1)]
 
     @property
     def kubernetes_service_ip(self) -> str:
@@ -235,7 +259,11 @@ def _api_get(cluster: Cluster, state: ClusterState, path: str) -> dict | None:
 
 
 def _node_ready(cluster: Cluster, state: ClusterState) -> bool:
-    node = _api_get(cluster, state, f"/api/v1/nodes/{state.node_name}")
+    return _named_node_ready(cluster, state, state.node_name)
+
+
+def _named_node_ready(cluster: Cluster, state: ClusterState, name: str) -> bool:
+    node = _api_get(cluster, state, f"/api/v1/nodes/{name}")
     conditions = (node or {}).get("status", {}).get("conditions", [])
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
@@ -281,10 +309,11 @@ def _etcd_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> list[str
 
 def _apiserver_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> list[str]:
     tls = cluster.pki_dir
-    return [
+    argv = [
         str(bin_dir / "kube-apiserver"),
         f"--etcd-servers=http://127.0.0.1:{state.etcd_port}",
-        "--bind-address=127.0.0.1", f"--secure-port={state.apiserver_port}", "--advertise-address=127.0.0.1",
+        f"--bind-address={state.apiserver_ip}", f"--secure-port={state.apiserver_port}",
+        f"--advertise-address={state.apiserver_ip}",
         f"--tls-cert-file={tls / 'apiserver.crt'}", f"--tls-private-key-file={tls / 'apiserver.key'}",
         f"--client-ca-file={tls / 'ca.crt'}",
         f"--kubelet-client-certificate={tls / 'apiserver-kubelet-client.crt'}",
@@ -296,14 +325,23 @@ def _apiserver_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> lis
         "--authorization-mode=Node,RBAC",
         # privileged pods pass the API server itself, so PodSecurity admission is what rejects them
         "--allow-privileged=true",
-        # the only "node" is this machine's loopback: no endpoint for the kubernetes Service
-        "--endpoint-reconciler-type=none",
         f"--cert-dir={cluster.dir / 'apiserver-certs'}",
         f"--audit-policy-file={cluster.dir / 'audit-policy.yaml'}",
         f"--audit-log-path={cluster.logs_dir / 'audit.log'}", "--audit-log-format=json",
         "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
         "--profiling=false", "--v=1",
     ]
+    if state.nodes:
+        argv += [
+            # logs, exec and port-forward: the API server dials the kubelet at the node's address
+            "--kubelet-preferred-address-types=InternalIP",
+            # pods of a lost node are replaced after seconds, not the default five minutes
+            "--default-not-ready-toleration-seconds=10", "--default-unreachable-toleration-seconds=10",
+        ]
+    else:
+        # the only "node" is this machine's loopback: no endpoint for the kubernetes Service
+        argv.append("--endpoint-reconciler-type=none")
+    return argv
 
 
 def _component_kubeconfig_flags(path: Path) -> list[str]:
@@ -322,6 +360,8 @@ def _controller_manager_argv(bin_dir: Path, cluster: Cluster, state: ClusterStat
         f"--service-cluster-ip-range={state.service_cidr}",
         "--controllers=*", "--leader-elect=false", "--cluster-name=devcluster",
         "--kube-api-qps=200", "--kube-api-burst=400", "--v=1",
+        # a node whose kubelet stopped is NotReady after 16 s (its lease lasts 16 s)
+        "--node-monitor-grace-period=16s", "--node-monitor-period=2s",
     ]
 
 
@@ -350,50 +390,52 @@ def _agent_argv(cluster: Cluster, state: ClusterState) -> list[str]:
 
 # --- up / down / status ---------------------------------------------------------------------
 
-def _networks_in_use() -> set[str]:
-    """The /16 networks of addresses on `lo`: running clusters' Service and pod IPs live there."""
-    try:
-        listed = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", "lo"], capture_output=True,
-                                text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    found = set()
-    for address in (part.split("/")[0] for line in listed.splitlines() for part in line.split()[3:4]):
-        found.add(str(ipaddress.ip_network(f"{address}/16", strict=False)))
-    return found
+def _pick_networks() -> tuple[str, str, str]:
+    """A Service CIDR, a pod network and a node network no running cluster on this machine uses.
 
-
-def _pick_networks() -> tuple[str, str]:
-    """A Service CIDR and a pod network no running cluster on this machine uses.
-
-    Pod IPs are outside 127/8 (the agent adds them to `lo`): EndpointSlice validation refuses
-    loopback addresses, and Services then would have no endpoints in the API.
+    Pod IPs are outside 127/8: EndpointSlice validation refuses loopback addresses.
     """
-    in_use = _networks_in_use()
+    in_use = network.addresses_in_use()
     octets = list(range(100, 150))
     random.shuffle(octets)
     for octet in octets:
-        services, pods = f"10.{octet}.0.0/16", f"10.{octet + 100}.0.0/16"
-        if services not in in_use and pods not in in_use:
-            return services, pods
+        candidates = (f"10.{octet}.0.0/16", f"10.{octet + 100}.0.0/16", f"10.{octet + 50}.0.0/24")
+        if not any(ipaddress.ip_network(c).overlaps(used) for c in candidates for used in in_use):
+            return candidates
     raise ClusterError("no free network for another cluster: are 50 of them running?")
 
 
-def _fresh_state(previous: ClusterState | None, agent: bool) -> ClusterState:
+def _fresh_state(cluster: Cluster, previous: ClusterState | None, agent: bool, node_count: int) -> ClusterState:
     """New ports every start; the networks and node name stay those of the cluster's data."""
-    service_cidr, pod_network = (previous.service_cidr, previous.pod_network) if previous else _pick_networks()
+    if previous and previous.node_cidr:
+        service_cidr, pod_network, node_cidr = previous.service_cidr, previous.pod_network, previous.node_cidr
+    else:
+        service_cidr, pod_network, node_cidr = _pick_networks()
     return ClusterState(
         etcd_port=free_port(), etcd_peer_port=free_port(), apiserver_port=free_port(),
         controller_manager_port=free_port(), scheduler_port=free_port(),
         service_cidr=service_cidr, pod_network=pod_network,
-        node_name=previous.node_name if previous else "devcluster-node",
-        agent=agent,
+        node_name=nodes.node_name(1) if node_count else "devcluster-node",
+        agent=agent, nodes=node_count, node_cidr=node_cidr, cluster_id=network.cluster_id(cluster.dir),
     )
+
+
+def _node_handles(cluster: Cluster, state: ClusterState) -> list[nodes.Node]:
+    return [nodes.Node(cluster_dir=cluster.dir, network=state.network, index=index)
+            for index in range(1, state.nodes + 1)]
+
+
+def _expected_components(state: ClusterState) -> list[str]:
+    names = [c for c in COMPONENTS if c != "agent" or state.agent]
+    for index in range(1, state.nodes + 1):
+        names += [f"node{index}-{component}" for component in nodes.NODE_COMPONENTS]
+    return names
 
 
 def running_components(cluster: Cluster) -> dict[str, int]:
     found = {}
-    for component in COMPONENTS:
+    names = [path.stem for path in sorted(cluster.pids_dir.glob("*.pid"))] if cluster.pids_dir.is_dir() else []
+    for component in names:
         pid = _recorded_pid(cluster, component)
         if pid is not None:
             found[component] = pid
@@ -404,30 +446,40 @@ def is_healthy(cluster: Cluster) -> bool:
     state = cluster.state()
     if state is None:
         return False
-    expected = set(COMPONENTS) if state.agent else set(COMPONENTS) - {"agent"}
-    if set(running_components(cluster)) != expected:
+    if set(running_components(cluster)) != set(_expected_components(state)):
         return False
     return _http_ok(state.server + "/readyz", _admin_ssl_context(cluster))
 
 
-def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, timeout: float = 120) -> Cluster:
-    """Start the cluster in `directory`, or leave it be if it already runs healthily."""
+def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, nodes: int | None = None,
+       timeout: float = 180) -> Cluster:
+    """Start the cluster in `directory`, or leave it be if it already runs healthily.
+
+    `nodes` real nodes (kubelet on containerd); 0 runs the process node agent instead."""
     cluster = Cluster(directory.resolve())
+    node_count = DEFAULT_NODES if nodes is None else nodes
     if agent is None:
-        agent = agent_available()
-    if is_healthy(cluster) and cluster.state().agent == agent:
+        agent = not node_count and agent_available()
+    current = cluster.state()
+    if is_healthy(cluster) and current.agent == agent and current.nodes == node_count:
         return cluster
     bin_dir = build.build()
+    built = _images().build_images() if node_count else {}
     down(cluster.dir)
     cluster.dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, START_ATTEMPTS + 1):
-        state = _prepare(cluster, agent)
+        state = _prepare(cluster, agent, node_count)
         try:
+            if node_count:
+                network.setup_bridge(state.network)
             _start_control_plane(cluster, state, bin_dir, timeout)
             if agent:
                 _launch(cluster, "agent", _agent_argv(cluster, state))
                 _wait_until(f"node {state.node_name} to be Ready", lambda: _node_ready(cluster, state),
                             timeout, cluster, "agent")
+            if node_count:
+                _start_nodes(cluster, state, bin_dir, list(built.values()), timeout)
+                _start_addons(cluster, state, built, timeout)
             return cluster
         except ComponentExited:
             down(cluster.dir)
@@ -439,10 +491,10 @@ def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, timeout: float 
     raise AssertionError("unreachable")
 
 
-def _prepare(cluster: Cluster, agent: bool) -> ClusterState:
+def _prepare(cluster: Cluster, agent: bool, node_count: int) -> ClusterState:
     """Fresh ports, and everything the components read written to the cluster's directory."""
-    state = _fresh_state(cluster.state(), agent)
-    pki.ensure_pki(cluster.pki_dir, state.kubernetes_service_ip)
+    state = _fresh_state(cluster, cluster.state(), agent, node_count)
+    pki.ensure_pki(cluster.pki_dir, state.kubernetes_service_ip, (state.network.gateway_ip,))
     _write_kubeconfig(cluster, state, cluster.kubeconfig, "admin", "devcluster-admin")
     _write_kubeconfig(cluster, state, cluster.dir / "controller-manager.kubeconfig",
                       "controller-manager", "system:kube-controller-manager")
@@ -450,6 +502,66 @@ def _prepare(cluster: Cluster, agent: bool) -> ClusterState:
     (cluster.dir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
     cluster.save(state)
     return state
+
+
+def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, loaded: list,
+                 timeout: float) -> None:
+    handles = _node_handles(cluster, state)
+    for node in handles:
+        network.setup_node(state.network, node.index, state.nodes)
+        nodes.prepare(node, cluster.pki_dir / "ca.crt")
+        identity = pki.node_identity(node.name)
+        pki.ensure_client(cluster.pki_dir, identity)
+        _write_kubeconfig(cluster, state, node.kubelet_kubeconfig, identity.file_stem, identity.common_name)
+        _write_kubeconfig(cluster, state, node.proxy_kubeconfig, "kube-proxy", "system:kube-proxy")
+    network.route_services(state.network)
+    for node in handles:
+        _launch(cluster, node.component("containerd"), nodes.command_lines(node, bin_dir)["containerd"])
+    for node in handles:
+        _wait_until(f"containerd of {node.name}", lambda: nodes.containerd_answers(node), timeout, cluster,
+                    node.component("containerd"))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(handles)) as pool:
+        imports = [pool.submit(nodes.load_images, node, loaded) for node in handles]
+        for node in handles:
+            lines = nodes.command_lines(node, bin_dir)
+            _launch(cluster, node.component("kubelet"), lines["kubelet"])
+            _launch(cluster, node.component("kube-proxy"), lines["kube-proxy"])
+        for node in handles:
+            _wait_until(f"node {node.name} to be Ready", lambda: _named_node_ready(cluster, state, node.name),
+                        timeout, cluster, node.component("kubelet"))
+        for loading in imports:
+            loading.result()
+
+
+def _start_addons(cluster: Cluster, state: ClusterState, built: dict, timeout: float) -> None:
+    node_paths = {node.name: node.dir / "volumes" for node in _node_handles(cluster, state)}
+    manifests = addons.coredns_manifests(built["coredns"].reference, state.network.dns_ip)
+    manifests += addons.local_path_manifests(built["local-path-provisioner"].reference,
+                                             built["debian-base"].reference, node_paths)
+    _kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", "-", input=addons.as_yaml(manifests))
+    for namespace, name in ((addons.DNS_NAMESPACE, "coredns"), (addons.STORAGE_NAMESPACE, "local-path-provisioner")):
+        _wait_until(f"deployment {namespace}/{name} to be available",
+                    lambda: _deployment_available(cluster, state, namespace, name), timeout, cluster, "kube-apiserver")
+
+
+def _images():
+    from devcluster import images  # TODO(nodes): a plain import once devcluster/images.py has landed
+
+    return images
+
+
+def _kubectl(cluster: Cluster, *args: str, input: str | None = None) -> str:
+    result = subprocess.run([str(build.bin_dir() / "kubectl"), f"--kubeconfig={cluster.kubeconfig}", *args],
+                            input=input, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _deployment_available(cluster: Cluster, state: ClusterState, namespace: str, name: str) -> bool:
+    found = _api_get(cluster, state, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}") or {}
+    conditions = found.get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
 
 
 def _start_control_plane(cluster: Cluster, state: ClusterState, bin_dir: Path, timeout: float) -> None:
@@ -475,9 +587,18 @@ def _start_control_plane(cluster: Cluster, state: ClusterState, bin_dir: Path, t
 
 
 def down(directory: Path = DEFAULT_DIR) -> list[str]:
-    """Stop every process the cluster in `directory` started; return the names of those stopped."""
+    """Stop every process the cluster in `directory` started and remove what its nodes made on
+    this machine (namespaces, interfaces, routes, rules, mounts); the names of those stopped."""
     cluster = Cluster(directory.resolve())
-    stopped = [component for component in STOP_ORDER if _recorded_pid(cluster, component) is not None]
+    running = running_components(cluster)
+    node_components = sorted((c for c in running if c.startswith("node")), key=_node_stop_rank)
+    stopped = [c for c in node_components + list(STOP_ORDER) if c in running]
+    for component in node_components:
+        _stop(cluster, component, grace=10)
+    identifier = network.cluster_id(cluster.dir)
+    nodes.kill_everything(identifier, cluster.dir)
+    network.teardown(identifier)
+    shutil.rmtree(nodes.RUN_ROOT / identifier, ignore_errors=True)
     for component in STOP_ORDER:
         _stop(cluster, component, grace=10 if component == "agent" else 5)
     if cluster.dir.exists() and agent_available():
@@ -487,6 +608,24 @@ def down(directory: Path = DEFAULT_DIR) -> list[str]:
     return stopped
 
 
+def stop_node(directory: Path, index: int) -> None:
+    """Node `index` fails as a machine would: its kubelet, kube-proxy and containerd stop and every
+    container on it dies, without any goodbye to the API server."""
+    cluster = Cluster(directory.resolve())
+    state = cluster.state()
+    node = nodes.Node(cluster_dir=cluster.dir, network=state.network, index=index)
+    for component in nodes.NODE_COMPONENTS:
+        pid = _recorded_pid(cluster, node.component(component))
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)
+    nodes.kill_node(node)
+
+
+def _node_stop_rank(component: str) -> tuple[int, str]:
+    order = {"kube-proxy": 0, "kubelet": 1, "containerd": 2}
+    return order.get(component.split("-", 1)[1], 3), component
+
+
 def status(directory: Path = DEFAULT_DIR) -> dict[str, object]:
     cluster = Cluster(directory.resolve())
     state = cluster.state()
@@ -494,7 +633,7 @@ def status(directory: Path = DEFAULT_DIR) -> dict[str, object]:
     report: dict[str, object] = {
         "dir": str(cluster.dir),
         "components": {name: (f"running (pid {running[name]})" if name in running else "stopped")
-                       for name in COMPONENTS if name != "agent" or (state and state.agent)},
+                       for name in (_expected_components(state) if state else COMPONENTS)},
     }
     if state is not None:
         report["server"] = state.server

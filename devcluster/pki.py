@@ -31,7 +31,13 @@ CLIENTS = (
     ClientIdentity("controller-manager", "system:kube-controller-manager"),
     ClientIdentity("scheduler", "system:kube-scheduler"),
     ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
+    ClientIdentity("kube-proxy", "system:kube-proxy"),
 )
+
+
+def node_identity(node_name: str) -> ClientIdentity:
+    """The kubelet's client identity, which the Node authorizer and NodeRestriction expect."""
+    return ClientIdentity(f"kubelet-{node_name}", f"system:node:{node_name}", "system:nodes")
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -98,19 +104,41 @@ def _service_account_keys(directory: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def ensure_pki(directory: Path, service_ip: str) -> Path:
-    """Create every certificate and key under `directory` unless they already exist."""
+def ensure_client(directory: Path, client: ClientIdentity) -> None:
+    """A client certificate signed by the cluster's CA, unless it exists already."""
+    if (directory / f"{client.file_stem}.crt").exists():
+        return
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    _issue(directory, client.file_stem, _name(client.common_name, client.organization),
+           ExtendedKeyUsageOID.CLIENT_AUTH, ca_cert, ca_key)
+
+
+def ensure_pki(directory: Path, service_ip: str, apiserver_ips: tuple[str, ...] = ()) -> Path:
+    """Create every certificate and key under `directory` unless they already exist; the API
+    server's certificate holds 127.0.0.1, `service_ip` and `apiserver_ips` (re-issued when those
+    change)."""
     directory.mkdir(parents=True, exist_ok=True)
-    if (directory / "complete").exists():
+    ips = sorted({"127.0.0.1", service_ip, *apiserver_ips})
+    marker = directory / "complete"
+    if marker.exists():
+        if marker.read_text().split() != ips:
+            ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+            ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+            _issue_apiserver(directory, ca_cert, ca_key, ips)
+            marker.write_text(" ".join(ips))
         return directory
     ca_cert, ca_key = _make_ca(directory)
-    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in APISERVER_NAMES]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip)]
-    _issue(directory, "apiserver", _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH,
-           ca_cert, ca_key, sans)
+    _issue_apiserver(directory, ca_cert, ca_key, ips)
     for client in CLIENTS:
         _issue(directory, client.file_stem, _name(client.common_name, client.organization),
                ExtendedKeyUsageOID.CLIENT_AUTH, ca_cert, ca_key)
     _service_account_keys(directory)
-    (directory / "complete").write_text("")
+    marker.write_text(" ".join(ips))
     return directory
+
+
+def _issue_apiserver(directory: Path, ca_cert, ca_key, ips: list[str]) -> None:
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in APISERVER_NAMES]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    _issue(directory, "apiserver", _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, ca_cert, ca_key, sans)

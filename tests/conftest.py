@@ -12,6 +12,7 @@ import kubernetes
 import pytest
 
 from devcluster import build, cluster
+from tests.helpers import clusterdns
 from tests.helpers.devcluster import DevCluster
 
 
@@ -20,7 +21,9 @@ def devcluster(tmp_path_factory: pytest.TempPathFactory) -> DevCluster:
     kept = os.environ.get("DEVCLUSTER_DIR")
     directory = Path(kept) if kept else tmp_path_factory.mktemp("devcluster")
     cluster.up(directory)
-    yield DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
+    handle = DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
+    clusterdns.use(handle)
+    yield handle
     if not kept:
         cluster.down(directory)
 

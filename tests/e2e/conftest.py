@@ -34,17 +34,17 @@ def tqs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> It
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of the test's own on 127.0.0.1, which pods reach as well (they share the host's network)."""
-    server = start_redis(tmp_path / "redis")
+def redis_server(tmp_path: Path, devcluster: DevCluster) -> Iterator[RedisServer]:
+    """A Redis of the test's own on this machine's address on the cluster's bridge, which pods reach."""
+    server = start_redis(tmp_path / "redis", host=devcluster.host_ip)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
-    """A real RabbitMQ for the AMQP tests of one module (some stop and restart it)."""
-    server = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory, devcluster: DevCluster) -> Iterator[RabbitBroker]:
+    """A real RabbitMQ for the AMQP tests of one module (some stop and restart it), where pods reach it."""
+    server = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"), host=devcluster.host_ip)
     server.start()
     yield server
     server.stop()

@@ -138,7 +138,7 @@ def test_broker_outage_holds_replicas_then_scaling_resumes(tqs: TaskQueues, redi
     wait_for(lambda: [e for e in tqs.events("outage") if e.reason == "BrokerUnavailable"], 10, "the Event")
     assert replicas(tqs, "outage-worker-jobs") == held, "replicas stay where they were"
 
-    restarted = start_redis(tmp_path / "redis-again", port=redis_server.port)
+    restarted = start_redis(tmp_path / "redis-again", port=redis_server.port, host=redis_server.host)
     try:
         tqs.wait_condition("outage", "Autoscaling", "True", timeout=30)
         wait_for(lambda: replicas(tqs, "outage-worker-jobs") == 1, 60, "scaling to resume (down to min)")

@@ -184,14 +184,15 @@ def test_name_conflict_never_adopts_and_heals(tqs: TaskQueues, redis_server: Red
 
 def test_unreachable_broker_reports_and_heals(tqs: TaskQueues, tmp_path: Path) -> None:
     port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
+    host = tqs.cluster.host_ip
+    url = f"redis://{host}:{port}/0"
     tqs.apply(taskqueue("down", queues=[{"name": "q", "replicas": 0}], broker={"url": url}))
     condition = tqs.wait_condition("down", "BrokerReady", "False", "BrokerUnreachable")
     assert tqs.condition("down", "Ready")["reason"] == "BrokerUnreachable"
     assert str(port) in condition["message"]
     assert tqs.deployment("down-worker-q") is not None, "children exist even while the broker is down"
 
-    server = start_redis(tmp_path / "late-redis", port=port)
+    server = start_redis(tmp_path / "late-redis", port=port, host=host)
     try:
         tqs.wait_condition("down", "BrokerReady", "True")
         tqs.wait_condition("down", "Ready", "True")

@@ -51,10 +51,11 @@ class RedisBroker:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    host: str = "127.0.0.1"  # pods reach the cluster's bridge address (DevCluster.host_ip)
 
     @property
     def url(self) -> str:
-        return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
+        return f"redis://:{REDIS_PASSWORD}@{self.host}:{self.port}/0"
 
     @property
     def log(self) -> Path:
@@ -71,7 +72,7 @@ class RedisBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                [binary, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
                  "--requirepass", REDIS_PASSWORD, "--dir", str(self.workdir)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -102,10 +103,11 @@ class RabbitBroker:
     node: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}@localhost")
     process: subprocess.Popen | None = None
     epmd: subprocess.Popen | None = None
+    host: str = "127.0.0.1"  # pods reach the cluster's bridge address (DevCluster.host_ip)
 
     @property
     def url(self) -> str:
-        return f"amqp://{RABBIT_USER}:{RABBIT_PASSWORD}@127.0.0.1:{self.port}//"
+        return f"amqp://{RABBIT_USER}:{RABBIT_PASSWORD}@{self.host}:{self.port}//"
 
     @property
     def log(self) -> Path:
@@ -116,7 +118,7 @@ class RabbitBroker:
         env.update(
             HOME=str(self.workdir),  # the Erlang cookie goes here
             RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             ERL_EPMD_PORT=str(self.epmd_port),

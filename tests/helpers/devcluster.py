@@ -30,6 +30,16 @@ class DevCluster:
         return self.handle.state().node_name
 
     @property
+    def node_names(self) -> list[str]:
+        return self.handle.state().node_names
+
+    @property
+    def host_ip(self) -> str:
+        """This machine's address on the cluster's bridge: servers the tests start on the host
+        listen here, so that pods reach them (the host reaches it too)."""
+        return self.handle.state().apiserver_ip
+
+    @property
     def pod_network(self) -> str:
         return self.handle.state().pod_network
 

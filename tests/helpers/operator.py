@@ -10,6 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import clusterdns
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.processes import free_port
 from tests.helpers.waiting import wait_for
@@ -65,7 +66,7 @@ def start_operator(cluster: DevCluster, log: Path, extra_env: dict[str, str] | N
            **(extra_env or {})}
     handle = log.open("w")
     process = subprocess.Popen(
-        [*entry, *args, "--liveness", health_url],
+        clusterdns.wrap_for(cluster, [*entry, *args, "--liveness", health_url]),
         stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT,
     )
     running = OperatorProcess(process=process, log=log, health_url=health_url,

@@ -19,6 +19,7 @@ import redis
 
 from devcluster.ports import free_port  # noqa: F401  (re-exported for the tests)
 
+from tests.helpers import clusterdns
 from tests.helpers.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,10 +50,11 @@ class RedisServer:
     process: subprocess.Popen
     port: int
     log: Path
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -66,8 +68,9 @@ def redis_server_binary() -> str | None:
 
 
 def start_redis(workdir: Path, timeout: float = 15, port: int | None = None,
-                extra_args: Sequence[str] = ()) -> RedisServer:
-    """A throwaway redis-server on 127.0.0.1 (a free port unless given), without persistence."""
+                extra_args: Sequence[str] = (), host: str = "127.0.0.1") -> RedisServer:
+    """A throwaway redis-server on `host` (a free port unless given), without persistence. Pods
+    reach a `host` the cluster made on this machine: its bridge address (DevCluster.host_ip)."""
     binary = redis_server_binary()
     if binary is None:
         raise RuntimeError("redis-server not found: apt-get install -y redis-server")
@@ -76,11 +79,11 @@ def start_redis(workdir: Path, timeout: float = 15, port: int | None = None,
     log = workdir / f"redis-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
              "--dir", str(workdir), *extra_args],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    server = RedisServer(process=process, port=port, log=log)
+    server = RedisServer(process=process, port=port, log=log, host=host)
 
     def answers() -> bool:
         if process.poll() is not None:
@@ -156,7 +159,7 @@ def start_worker(
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv, cwd=cwd, env=celery_environment(broker_url, result_backend, env),
+            clusterdns.wrap(argv), cwd=cwd, env=celery_environment(broker_url, result_backend, env),
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     return CeleryWorker(process=process, log=log, argv=argv)
@@ -166,7 +169,7 @@ def run_in_app(code: str, *, broker_url: str, result_backend: str | None = None,
                cwd: Path = APP_DIR, timeout: float = 60) -> str:
     """Run Python `code` in the sample app's directory (as a producer would) and return its stdout."""
     completed = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=celery_environment(broker_url, result_backend),
+        clusterdns.wrap([sys.executable, "-c", code]), cwd=cwd, env=celery_environment(broker_url, result_backend),
         capture_output=True, text=True, timeout=timeout,
     )
     if completed.returncode != 0:

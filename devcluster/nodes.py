@@ -80,7 +80,7 @@ class Node:
 
 # --- configuration (pure) ---------------------------------------------------------------------
 
-def containerd_config(node: Node) -> str:
+def containerd_config(node: Node, pause_image: str = PAUSE_IMAGE) -> str:
     run = node.run_dir
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return "\n".join([
@@ -96,7 +96,7 @@ def containerd_config(node: Node) -> str:
         "[metrics]", '  address = ""',
         '[plugins."io.containerd.internal.v1.opt"]', f'  path = "{node.dir / "opt"}"',
         f"[{cri}]",
-        f'  sandbox_image = "{PAUSE_IMAGE}"',
+        f'  sandbox_image = "{pause_image}"',
         # this sandbox refuses to lower oom_score_adj; without this every sandbox fails to start
         "  restrict_oom_score_adj = true",
         # pods' network namespaces under the node's state, where the backstop finds them
@@ -246,8 +246,8 @@ def load_images(node: Node, archives: list) -> None:
 # --- the backstop -----------------------------------------------------------------------------
 
 def _pod_netns_files(run_dir: Path) -> list[Path]:
-    netns_dir = run_dir / "containerd" / "netns"
-    return sorted(netns_dir.iterdir()) if netns_dir.is_dir() else []
+    """Pods' network namespaces, which the CRI plugin mounts under its state directory."""
+    return sorted((run_dir / "containerd").glob("*/netns/*"))
 
 
 def kill_everything(cluster_id: str, cluster_dir: Path) -> int:

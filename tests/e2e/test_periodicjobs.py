@@ -25,7 +25,7 @@ from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.periodicjobs import PeriodicJobs, periodicjob, recorded
 from tests.helpers.processes import RedisServer
-from tests.helpers.taskqueues import TaskQueues, taskqueue
+from tests.helpers.taskqueues import SAMPLE_APP_IMAGE, TaskQueues, taskqueue
 from tests.helpers.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -295,7 +295,7 @@ def test_a_custom_scheduler_runs_celery_beat_and_periodicjobs_say_so(tqs: TaskQu
     beat = wait_for(lambda: tqs.deployment("own-beat"), 30, "the custom beat, even without a PeriodicJob")
     assert beat.spec.template.spec.containers[0].command == ["celery", "-A", "myproject", "beat", "-S",
                                                              CUSTOM_SCHEDULER]
-    assert beat.spec.template.spec.containers[0].image == "example.invalid/sample-app:1"
+    assert beat.spec.template.spec.containers[0].image == SAMPLE_APP_IMAGE
     assert beat.spec.replicas == 1 and beat.spec.strategy.type == "Recreate"
     tqs.wait_condition("own", "WorkersReady", "True")
     assert tqs.condition("own", "BeatReady") is None, "BeatReady only while PeriodicJobs refer"

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.processes import RedisServer, free_port, start_redis
-from tests.helpers.taskqueues import TaskQueues, taskqueue
+from tests.helpers.taskqueues import SAMPLE_APP_IMAGE, TaskQueues, taskqueue
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -128,7 +128,7 @@ def test_manual_edits_are_reverted_and_foreign_fields_kept(tqs: TaskQueues, redi
     def reverted() -> Any:
         deployment = tqs.deployment("edit-worker-q")
         image = deployment.spec.template.spec.containers[0].image
-        return deployment.spec.replicas == 0 and image == "example.invalid/sample-app:1" and deployment
+        return deployment.spec.replicas == 0 and image == SAMPLE_APP_IMAGE and deployment
 
     deployment = wait_for(reverted, 30, "the reconciler to revert replicas and image")
     assert deployment.metadata.annotations["team"] == "payments", "a field another tool owns is left alone"

@@ -12,12 +12,13 @@ from tests.helpers.devcluster import DevCluster
 from tests.helpers.waiting import wait_for
 
 GROUP, VERSION, PLURAL = "celery-operator.dev", "v1alpha1", "taskqueues"
+SAMPLE_APP_IMAGE = "ghcr.io/celery-operator/sample-app:0.1.0"  # app/Dockerfile, built and loaded by devcluster
 
 
 def taskqueue(name: str, queues: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "TaskQueue", "metadata": {"name": name},
-        "spec": {"image": "example.invalid/sample-app:1", "app": "myproject",
+        "spec": {"image": SAMPLE_APP_IMAGE, "app": "myproject",
                  "queues": queues if queues is not None else [{"name": "jobs", "replicas": 0}]},
     }
     body["spec"].update(copy.deepcopy(spec))

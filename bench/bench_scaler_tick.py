@@ -1,5 +1,5 @@
 """One scaler tick for many queues on one Redis: round trips and the operator's CPU time for
-read (broker.RedisDepthReader) + decide (scaling.decide) + the heartbeat table lookups.
+read (broker.depth.RedisDepthReader) + decide (scaling_policy.decide) + the heartbeat table lookups.
 
 Starts its own redis-server on a free port, fills 400 queues with real Celery messages spread
 over kombu's priority lists, puts reserved messages in kombu's `unacked` hash, and compares the
@@ -28,8 +28,9 @@ import redis
 
 from devcluster.ports import free_port
 from celery import Celery
-from celery_operator.broker import HeartbeatTable, RedisDepthReader
-from celery_operator.scaling import History, Observation, ScalingPolicy, decide
+from celery_operator.broker.depth import RedisDepthReader
+from celery_operator.broker.heartbeats import HeartbeatTable
+from celery_operator.scaling_policy import History, Observation, ScalingPolicy, decide
 
 SEP = "\x06\x16"
 

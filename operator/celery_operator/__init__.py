@@ -2,5 +2,7 @@
 
 __version__ = "0.1.0"
 
-# `kopf run -m celery_operator` imports only this package: register the handlers here.
-from . import handlers  # noqa: E402,F401
+# `kopf run -m celery_operator` imports only this package: the handlers are installed here.
+from .lifecycle import install_default  # noqa: E402
+
+install_default()

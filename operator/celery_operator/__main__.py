@@ -25,12 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import kopf
 
-    from celery_operator import handlers  # noqa: F401  (registers the handlers)
+    from celery_operator.lifecycle import install_default
     from celery_operator.rediscovery import new_insights
-    from celery_operator.settings import load
 
     # `kopf run` sets up logging itself; run programmatically, kopf leaves that to us
-    level = load().log_level.upper()
+    level = install_default().log_level.upper()
     kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
 
     insights = new_insights()  # shared with the rescans of CRDs installed after the start

@@ -1,4 +1,6 @@
-"""Every kopf registration, and nothing else: each one is a line into reconcile (or scaling).
+"""Every kopf registration of our resources, and nothing else: each handler is a line into a
+controller (reconcile, scaler, periodicjobs). `register` puts them in a kopf registry with the
+resync period from the settings; the composition root (lifecycle.py) calls it.
 
 Children are observed through kopf indexes (one watch per kind, labelled managed-by us), so a
 settled TaskQueue is reconciled from memory without reading the API.
@@ -12,60 +14,46 @@ from typing import Any
 
 import kopf
 
-from . import autoscaler, metrics, naming, periodicjobs, reconcile, rediscovery
-from .kube import controller_uid
-from .settings import configure, load  # noqa: F401  (registers the startup hook)
+from . import metrics, naming, periodicjobs, reconcile, scaler
+from .children import controller_uid
+from .settings import Settings
 
-_OURS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
-_TASKQUEUES = (naming.GROUP, naming.VERSION, naming.TASKQUEUE_PLURAL)
-_PERIODICJOBS = (naming.GROUP, naming.VERSION, naming.PERIODICJOB_PLURAL)
-
-
-@kopf.on.startup()
-async def start_rediscovery(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
-    rediscovery.start(memo, settings, kopf.get_default_registry())
+OURS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+TASKQUEUES = (naming.GROUP, naming.VERSION, naming.TASKQUEUE_PLURAL)
+PERIODICJOBS = (naming.GROUP, naming.VERSION, naming.PERIODICJOB_PLURAL)
 
 
-@kopf.on.cleanup()
-async def stop_rediscovery(memo: kopf.Memo, **_: Any) -> None:
-    rediscovery.stop(memo)
-
+# --- indexes ----------------------------------------------------------------------------------------
 
 def _by_owner(body: kopf.Body) -> dict[str, dict[str, Any]] | None:
     owner = controller_uid(body)
     return {owner: dict(body)} if owner else None
 
 
-@kopf.index("apps", "v1", "deployments", labels=_OURS)
 def owned_deployments(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
     return _by_owner(body)
 
 
-@kopf.index("v1", "services", labels=_OURS)
 def owned_services(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
     return _by_owner(body)
 
 
-@kopf.index("v1", "secrets", labels=_OURS)
 def owned_secrets(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
     return _by_owner(body)
 
 
-@kopf.index("v1", "persistentvolumeclaims", labels=_OURS)
 def owned_volume_claims(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
     return _by_owner(body)
 
 
-@kopf.index("v1", "pods", labels={**_OURS, naming.LABEL_COMPONENT: naming.WORKER})
-def worker_pods(body: kopf.Body, namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations,
-                **_: Any) -> dict[tuple[str, str, str], autoscaler.WorkerPod] | None:
+def worker_pods(body: kopf.Body, namespace: str, labels: kopf.Labels,
+                **_: Any) -> dict[tuple[str, str, str], scaler.WorkerPod] | None:
     if body.metadata.get("deletionTimestamp"):
         return None  # already leaving: not a candidate for anything
     key = (namespace, labels.get(naming.LABEL_INSTANCE, ""), labels.get(naming.LABEL_QUEUE, ""))
-    return {key: autoscaler.WorkerPod(name=name, annotations=dict(annotations))}
+    return {key: scaler.WorkerPod.of(body)}
 
 
-@kopf.index(*_PERIODICJOBS)
 def periodicjobs_by_taskqueue(body: kopf.Body, namespace: str, spec: kopf.Spec,
                               **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
     """PeriodicJobs by (namespace, spec.taskQueueRef.name); one being deleted no longer counts."""
@@ -75,7 +63,6 @@ def periodicjobs_by_taskqueue(body: kopf.Body, namespace: str, spec: kopf.Spec,
     return {(namespace, reference): dict(body)}
 
 
-@kopf.index(*_TASKQUEUES)
 def taskqueues_by_name(body: kopf.Body, namespace: str, name: str,
                        **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
     if body.metadata.get("deletionTimestamp"):
@@ -87,14 +74,8 @@ def _children(uid: str, *indexes: kopf.Index) -> list[dict[str, Any]]:
     return [item for index in indexes for item in index.get(uid, [])]
 
 
-# a failed pass is retried after one resync period, not kopf's default minute
-_RETRY = load().resync_seconds
+# --- TaskQueues -------------------------------------------------------------------------------------
 
-
-@kopf.on.resume(*_TASKQUEUES, backoff=_RETRY)
-@kopf.on.create(*_TASKQUEUES, backoff=_RETRY)
-@kopf.on.update(*_TASKQUEUES, backoff=_RETRY)
-@kopf.timer(*_TASKQUEUES, interval=_RETRY, initial_delay=_RETRY, backoff=_RETRY)
 def reconcile_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, memo: kopf.Memo,
                         owned_deployments: kopf.Index, owned_services: kopf.Index, owned_secrets: kopf.Index,
                         owned_volume_claims: kopf.Index, periodicjobs_by_taskqueue: kopf.Index, **_: Any) -> None:
@@ -103,7 +84,6 @@ def reconcile_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, me
     reconcile.reconcile_taskqueue(memo.runtime, body, children, referring)
 
 
-@kopf.daemon(*_TASKQUEUES, cancellation_timeout=10)
 async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid: str, name: str, namespace: str,
                               memo: kopf.Memo, logger: logging.Logger, owned_deployments: kopf.Index,
                               owned_secrets: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
@@ -112,7 +92,7 @@ async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid:
     runtime = memo.runtime
     loop = asyncio.get_running_loop()
 
-    def pods_of(queue_dns: str) -> list[autoscaler.WorkerPod]:
+    def pods_of(queue_dns: str) -> list[scaler.WorkerPod]:
         return list(worker_pods.get((namespace, name, queue_dns), []))
 
     woken = runtime.wakeups.register(uid)
@@ -123,17 +103,16 @@ async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid:
             children = _children(uid, owned_deployments, owned_secrets)
             settled = True
             try:
-                settled = await loop.run_in_executor(runtime.scaler_pool, autoscaler.tick, runtime, body, children,
+                settled = await loop.run_in_executor(runtime.scaler_pool, scaler.tick, runtime, body, children,
                                                      pods_of)
             except Exception:  # the next tick is the retry; the loop must outlive one bad tick
                 logger.exception("scaler tick failed")
-            await autoscaler.sleep_until_next_tick(stopped, woken, autoscaler.next_tick_in(body, settled), ticked_at)
+            await scaler.sleep_until_next_tick(stopped, woken, scaler.next_tick_in(body, settled), ticked_at)
     finally:
         runtime.wakeups.forget(uid)
         await asyncio.to_thread(runtime.brokers.release, uid)
 
 
-@kopf.on.delete(*_TASKQUEUES, optional=True)
 def forget_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, memo: kopf.Memo,
                      owned_secrets: kopf.Index, **_: Any) -> None:
     periodicjobs.forget_taskqueue_schedule(memo.runtime, body, _children(uid, owned_secrets))
@@ -141,10 +120,8 @@ def forget_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, memo:
     metrics.forget_taskqueue(namespace, name)
 
 
-@kopf.on.resume(*_PERIODICJOBS, backoff=_RETRY)
-@kopf.on.create(*_PERIODICJOBS, backoff=_RETRY)
-@kopf.on.update(*_PERIODICJOBS, backoff=_RETRY)
-@kopf.timer(*_PERIODICJOBS, interval=_RETRY, initial_delay=_RETRY, backoff=_RETRY)
+# --- PeriodicJobs -----------------------------------------------------------------------------------
+
 def reconcile_periodicjob(body: kopf.Body, spec: kopf.Spec, namespace: str, memo: kopf.Memo,
                           taskqueues_by_name: kopf.Index, owned_secrets: kopf.Index, owned_deployments: kopf.Index,
                           old: dict[str, Any] | None = None, **_: Any) -> None:
@@ -155,8 +132,32 @@ def reconcile_periodicjob(body: kopf.Body, spec: kopf.Spec, namespace: str, memo
     periodicjobs.reconcile_periodicjob(memo.runtime, body, taskqueue, children, moved_from=moved_from)
 
 
-@kopf.on.delete(*_PERIODICJOBS, optional=True)
 def forget_periodicjob(body: kopf.Body, spec: kopf.Spec, namespace: str, memo: kopf.Memo,
                        taskqueues_by_name: kopf.Index, owned_secrets: kopf.Index, **_: Any) -> None:
     taskqueue, children = periodicjobs.taskqueue_of(spec, namespace, taskqueues_by_name, owned_secrets)
     periodicjobs.forget_periodicjob(memo.runtime, body, taskqueue, children)
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+    """Every handler above into `registry`. Reconciles are level-triggered: on resume, create and
+    update, and on a timer every resync period, which is also the retry delay of a failed pass."""
+    resync = settings.resync_seconds
+    for index, resource, labels in (
+        (owned_deployments, ("apps", "v1", "deployments"), OURS),
+        (owned_services, ("v1", "services"), OURS),
+        (owned_secrets, ("v1", "secrets"), OURS),
+        (owned_volume_claims, ("v1", "persistentvolumeclaims"), OURS),
+        (worker_pods, ("v1", "pods"), {**OURS, naming.LABEL_COMPONENT: naming.WORKER}),
+        (periodicjobs_by_taskqueue, PERIODICJOBS, None),
+        (taskqueues_by_name, TASKQUEUES, None),
+    ):
+        kopf.index(*resource, labels=labels, registry=registry)(index)
+    for kind, reconciler, forget in ((TASKQUEUES, reconcile_taskqueue, forget_taskqueue),
+                                     (PERIODICJOBS, reconcile_periodicjob, forget_periodicjob)):
+        for on_change in (kopf.on.resume, kopf.on.create, kopf.on.update):
+            on_change(*kind, backoff=resync, registry=registry)(reconciler)
+        kopf.timer(*kind, interval=resync, initial_delay=resync, backoff=resync, registry=registry)(reconciler)
+        kopf.on.delete(*kind, optional=True, registry=registry)(forget)
+    kopf.daemon(*TASKQUEUES, cancellation_timeout=10, registry=registry)(autoscale_taskqueue)

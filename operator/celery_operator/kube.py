@@ -1,4 +1,5 @@
-"""All Kubernetes I/O of the operator: get, list, server-side apply, delete, status, scale, events.
+"""All Kubernetes I/O of the operator (its Kubernetes port): get, list pods, server-side apply, delete,
+status, scale, annotate, events.
 
 One small client over the `kubernetes` package's ApiClient, addressing resources by
 (apiVersion, kind) through a fixed table of the kinds the operator touches, so no discovery
@@ -11,9 +12,8 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,15 +32,12 @@ class ResourceType:
     api_version: str
     kind: str
     plural: str
-    namespaced: bool = True
 
-    def collection_path(self, namespace: str | None) -> str:
+    def collection_path(self, namespace: str) -> str:
         prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        if self.namespaced and namespace is not None:
-            return f"{prefix}/namespaces/{namespace}/{self.plural}"
-        return f"{prefix}/{self.plural}"
+        return f"{prefix}/namespaces/{namespace}/{self.plural}"
 
-    def object_path(self, namespace: str | None, name: str) -> str:
+    def object_path(self, namespace: str, name: str) -> str:
         return f"{self.collection_path(namespace)}/{name}"
 
 
@@ -50,7 +47,6 @@ RESOURCE_TYPES: Final[tuple[ResourceType, ...]] = (
     ResourceType("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     ResourceType("v1", "Pod", "pods"),
     ResourceType("v1", "Event", "events"),
-    ResourceType("v1", "Namespace", "namespaces", namespaced=False),
     ResourceType("apps/v1", "Deployment", "deployments"),
     ResourceType(naming.API_VERSION, naming.TASKQUEUE_KIND, naming.TASKQUEUE_PLURAL),
     ResourceType(naming.API_VERSION, naming.PERIODICJOB_KIND, naming.PERIODICJOB_PLURAL),
@@ -81,13 +77,6 @@ class KubeError(RuntimeError):
     def not_found(self) -> bool:
         return self.status == 404
 
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
-    @property
-    def forbidden(self) -> bool:
-        return self.status == 403
 
 
 def _kube_error(status: int | None, reason: str | None, body: bytes | str | None) -> KubeError:
@@ -101,33 +90,12 @@ def _kube_error(status: int | None, reason: str | None, body: bytes | str | None
     return KubeError(status or 0, kind, message)
 
 
-class RequestCounter:
-    """How many requests this client sent, by verb: benchmarks read it, nothing else depends on it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.by_verb: dict[str, int] = {}
-
-    def add(self, verb: str) -> None:
-        with self._lock:
-            self.by_verb[verb] = self.by_verb.get(verb, 0) + 1
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_verb.values())
-
-    @property
-    def writes(self) -> int:
-        return sum(n for verb, n in self.by_verb.items() if verb not in ("GET", "LIST"))
-
-
 class Kube:
     """The operator's view of the API server. Thread-safe: the ApiClient pools connections."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient, timeout_seconds: float = 10.0):
         self._api = api_client
         self._timeout = timeout_seconds
-        self.requests = RequestCounter()
 
     @classmethod
     def from_environment(cls, timeout_seconds: float = 10.0) -> "Kube":
@@ -145,12 +113,11 @@ class Kube:
 
     # --- the one place requests go out -------------------------------------------------------
 
-    def _call(self, verb: str, method: str, path: str, *, body: Any = None,
-              query: list[tuple[str, Any]] | None = None, content_type: str | None = None) -> Any:
+    def _call(self, method: str, path: str, *, body: Any = None, query: list[tuple[str, Any]] | None = None,
+              content_type: str | None = None) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        self.requests.add(verb)
         method, url, headers, body, _ = self._api.param_serialize(
             method=method, resource_path=path, query_params=query or [], header_params=headers, body=body,
             auth_settings=["BearerToken"],
@@ -169,72 +136,59 @@ class Kube:
 
     # --- reads -------------------------------------------------------------------------------
 
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
         try:
-            return self._call("GET", "GET", resource_type(api_version, kind).object_path(namespace, name))
+            return self._call("GET", resource_type(api_version, kind).object_path(namespace, name))
         except KubeError as error:
             if error.not_found:
                 return None
             raise
 
-    def list(self, api_version: str, kind: str, namespace: str | None,
-             label_selector: str | None = None) -> list[Manifest]:
-        query = [("labelSelector", label_selector)] if label_selector else []
-        result = self._call("LIST", "GET", resource_type(api_version, kind).collection_path(namespace), query=query)
-        return result.get("items", [])
+    def list_pods(self, namespace: str, label_selector: str) -> list[Manifest]:
+        path = resource_type("v1", "Pod").collection_path(namespace)
+        return self._call("GET", path, query=[("labelSelector", label_selector)]).get("items", [])
 
     # --- writes ------------------------------------------------------------------------------
 
-    def apply(self, manifest: Mapping[str, Any], field_manager: str = naming.FIELD_MANAGER) -> Manifest:
+    def apply(self, manifest: Mapping[str, Any], field_manager: str) -> Manifest:
         """Server-side apply: create or update the fields `manifest` names, owned by `field_manager`."""
         kind = resource_type(manifest["apiVersion"], manifest["kind"])
         metadata = manifest["metadata"]
         return self._call(
-            "APPLY", "PATCH", kind.object_path(metadata.get("namespace"), metadata["name"]), body=dict(manifest),
+            "PATCH", kind.object_path(metadata["namespace"], metadata["name"]), body=dict(manifest),
             query=[("fieldManager", field_manager), ("force", "true")], content_type=APPLY_PATCH,
         )
 
-    def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
+    def delete(self, api_version: str, kind: str, namespace: str, name: str,
                uid: str | None = None) -> bool:
         """Delete one object (only if it still has `uid`, when given); False when it was already gone."""
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
-            self._call("DELETE", "DELETE", resource_type(api_version, kind).object_path(namespace, name), body=body)
+            self._call("DELETE", resource_type(api_version, kind).object_path(namespace, name), body=body)
         except KubeError as error:
             if error.not_found:
                 return False
             raise
         return True
 
-    def apply_status(self, api_version: str, kind: str, namespace: str, name: str,
-                     status: Mapping[str, Any], field_manager: str) -> Manifest:
-        """Server-side apply of the status fields `field_manager` owns; other writers' fields stay.
-
-        The status lists (conditions by type, queues by name) are map lists in the CRD, so the
-        reconciler and the scaler each own their own entries and fields without lost updates.
-        """
-        path = resource_type(api_version, kind).object_path(namespace, name) + "/status"
-        body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace},
-                "status": dict(status)}
-        return self._call("STATUS", "PATCH", path, body=body,
-                          query=[("fieldManager", field_manager), ("force", "true")], content_type=APPLY_PATCH)
-
-    def publish_status(self, body: Mapping[str, Any], status: Mapping[str, Any], field_manager: str,
-                       event: tuple[str, str, str] | None) -> None:
-        """Apply `status` to the object `body` describes, then record `event` (type, reason, message) if any."""
+    def apply_status(self, body: Mapping[str, Any], status: Mapping[str, Any], field_manager: str) -> Manifest:
+        """Server-side apply of the status fields `field_manager` owns on the object `body` describes;
+        other writers' fields stay (see status.py)."""
         metadata = body["metadata"]
-        self.apply_status(body["apiVersion"], body["kind"], metadata["namespace"], metadata["name"], status,
-                          field_manager)
-        if event is not None:
-            self.post_event(body, *event)
+        api_version, kind = body["apiVersion"], body["kind"]
+        path = resource_type(api_version, kind).object_path(metadata["namespace"], metadata["name"]) + "/status"
+        patch = {"apiVersion": api_version, "kind": kind,
+                 "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]}, "status": dict(status)}
+        return self._call("PATCH", path, body=patch, query=[("fieldManager", field_manager), ("force", "true")],
+                          content_type=APPLY_PATCH)
 
-    def patch_metadata(self, api_version: str, kind: str, namespace: str, name: str,
-                       annotations: Mapping[str, str | None]) -> Manifest:
-        """Merge-patch annotations (None removes one): used for pod-deletion-cost on pods."""
+    def annotate(self, api_version: str, kind: str, namespace: str, name: str,
+                 annotations: Mapping[str, str | None]) -> Manifest:
+        """Merge-patch annotations (None removes one): pod-deletion-cost on worker pods."""
         path = resource_type(api_version, kind).object_path(namespace, name)
-        return self._call("PATCH", "PATCH", path, body={"metadata": {"annotations": dict(annotations)}},
+        return self._call("PATCH", path, body={"metadata": {"annotations": dict(annotations)}},
                           content_type=MERGE_PATCH)
 
     def scale(self, namespace: str, deployment: str, replicas: int, field_manager: str) -> Manifest:
@@ -242,11 +196,10 @@ class Kube:
         path = resource_type("apps/v1", "Deployment").object_path(namespace, deployment) + "/scale"
         body = {"apiVersion": "autoscaling/v1", "kind": "Scale",
                 "metadata": {"name": deployment, "namespace": namespace}, "spec": {"replicas": replicas}}
-        return self._call("SCALE", "PATCH", path, body=body, query=[("fieldManager", field_manager), ("force", "true")],
+        return self._call("PATCH", path, body=body, query=[("fieldManager", field_manager), ("force", "true")],
                           content_type=APPLY_PATCH)
 
-    def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str, message: str,
-                   component: str = naming.MANAGED_BY) -> None:
+    def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on `involved` (a full object body). Failures are logged, not raised."""
         metadata = involved["metadata"]
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -257,25 +210,11 @@ class Kube:
                                "name": metadata["name"], "namespace": metadata["namespace"],
                                "uid": metadata.get("uid"), "resourceVersion": metadata.get("resourceVersion")},
             "type": event_type, "reason": reason, "message": message[:1024],
-            "source": {"component": component}, "reportingComponent": component,
-            "reportingInstance": component, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": naming.MANAGED_BY}, "reportingComponent": naming.MANAGED_BY,
+            "reportingInstance": naming.MANAGED_BY, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            self._call("EVENT", "POST", resource_type("v1", "Event").collection_path(metadata["namespace"]), body=event)
+            self._call("POST", resource_type("v1", "Event").collection_path(metadata["namespace"]), body=event)
         except KubeError as error:
             logger.warning("could not record event %s on %s/%s: %s", reason, metadata["namespace"],
                            metadata["name"], error)
-
-
-def iter_owned(objects: list[Manifest], owner_uid: str) -> Iterator[Manifest]:
-    """The objects whose controller ownerReference is `owner_uid`."""
-    for item in objects:
-        if controller_uid(item) == owner_uid:
-            yield item
-
-
-def controller_uid(item: Mapping[str, Any]) -> str | None:
-    for reference in item.get("metadata", {}).get("ownerReferences") or []:
-        if reference.get("controller"):
-            return reference.get("uid")
-    return None

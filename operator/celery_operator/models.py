@@ -31,8 +31,6 @@ DEFAULT_POLL_INTERVAL_SECONDS: Final = 2
 POLL_INTERVAL_RANGE: Final = (1, 300)
 DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS: Final = 60
 SCALE_DOWN_STABILIZATION_RANGE: Final = (0, 3600)
-DEFAULT_REDIS_IMAGE: Final = "redis:7.4-alpine"
-DEFAULT_FLOWER_IMAGE: Final = "mher/flower:2.0"
 DEFAULT_TIME_ZONE: Final = "UTC"
 IMAGE_PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 BROKER_URL_SCHEMES: Final = ("redis", "rediss", "amqp", "amqps")
@@ -152,7 +150,7 @@ class Persistence:
 
 @dataclass(frozen=True)
 class ManagedBroker:
-    image: str = DEFAULT_REDIS_IMAGE
+    image: str | None = None  # None: the operator's setting CELERY_OPERATOR_REDIS_IMAGE
     resources: Mapping[str, Any] = field(default_factory=dict)
     persistence: Persistence | None = None
 
@@ -208,7 +206,7 @@ class BeatSpec:
 @dataclass(frozen=True)
 class FlowerSpec:
     enabled: bool = False
-    image: str = DEFAULT_FLOWER_IMAGE
+    image: str | None = None  # None: the operator's setting CELERY_OPERATOR_FLOWER_IMAGE
     resources: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -469,7 +467,7 @@ def _parse_broker(values: Mapping[str, Any]) -> BrokerSpec:
     return BrokerSpec(
         kind="managed",
         managed=ManagedBroker(
-            image=_optional_string(managed, "image", "spec.broker.managed") or DEFAULT_REDIS_IMAGE,
+            image=_optional_string(managed, "image", "spec.broker.managed") or None,
             resources=_object(managed, "resources", "spec.broker.managed"),
             persistence=persistence,
         ),
@@ -557,7 +555,7 @@ def _parse_beat(values: Mapping[str, Any]) -> BeatSpec:
 def _parse_flower(values: Mapping[str, Any]) -> FlowerSpec:
     return FlowerSpec(
         enabled=_bool(values, "enabled", "spec.flower", False),
-        image=_optional_string(values, "image", "spec.flower") or DEFAULT_FLOWER_IMAGE,
+        image=_optional_string(values, "image", "spec.flower") or None,
         resources=_object(values, "resources", "spec.flower"),
     )
 

@@ -46,14 +46,19 @@ FLOWER: Final[Component] = "flower"
 BROKER_SECRET_URL_KEY: Final = "url"
 BROKER_SECRET_PASSWORD_KEY: Final = "password"
 
-# Where the beat keeps its schedule state in Redis: one prefix per TaskQueue, naming its namespace
+# The environment of the Celery pods and of the operator's beat program (which reads the same names).
+BROKER_URL_ENV: Final = "CELERY_BROKER_URL"
+RESULT_BACKEND_ENV: Final = "CELERY_RESULT_BACKEND"
+BEAT_STATE_URL_ENV: Final = "CELERY_OPERATOR_BEAT_STATE_URL"  # the Redis holding the schedule state
+BEAT_KEY_PREFIX_ENV: Final = "CELERY_OPERATOR_BEAT_KEY_PREFIX"  # the TaskQueue's keys in it
+BEAT_INSTANCE_ENV: Final = "CELERY_OPERATOR_BEAT_INSTANCE"  # this beat's name in the leader lease
+
+# Where the beat keeps its schedule state in Redis: one key prefix per TaskQueue, naming its namespace
 # and name, so several TaskQueues can share one Redis. The braces are a Redis Cluster hash tag:
 # every key of one TaskQueue lands in the same slot, so the beat's Lua scripts may touch several.
+# The keys under it: beat/state.py.
 BEAT_KEY_ROOT: Final = "celery-operator:beat:"
-BEAT_JOBS_KEY: Final = "jobs"  # hash: PeriodicJob name -> JSON definition (written by the operator)
-BEAT_FIRED_KEY: Final = "fired"  # hash: PeriodicJob name -> last slot sent, epoch seconds (the beat)
-BEAT_LEADER_KEY: Final = "leader"  # string with a TTL: the beat instance that may send
-BEAT_HEARTBEAT_KEY: Final = "beat-heartbeat"  # string with a TTL: the leading beat is alive
+_BEAT_KEY_PREFIX = re.compile(r"^celery-operator:beat:\{(?P<namespace>[^/{}]+)/(?P<taskqueue>[^/{}]+)\}:$")
 
 REDIS_PORT: Final = 6379
 FLOWER_PORT: Final = 5555
@@ -93,8 +98,14 @@ def beat_state_name(taskqueue: str) -> str:
 
 
 def beat_key_prefix(namespace: str, taskqueue: str) -> str:
-    """`celery-operator:beat:{<namespace>/<taskqueue>}:`; the keys are this plus BEAT_*_KEY."""
+    """`celery-operator:beat:{<namespace>/<taskqueue>}:`."""
     return f"{BEAT_KEY_ROOT}{{{namespace}/{taskqueue}}}:"
+
+
+def parse_beat_key_prefix(prefix: str) -> tuple[str, str] | None:
+    """(namespace, taskqueue) of a `beat_key_prefix`, None for anything else."""
+    match = _BEAT_KEY_PREFIX.match(prefix)
+    return (match["namespace"], match["taskqueue"]) if match else None
 
 
 def flower_name(taskqueue: str) -> str:

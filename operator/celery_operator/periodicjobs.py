@@ -23,88 +23,43 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from . import builders, conditions, naming
-from .beat.jobs import DesiredJob, decode_entry, encode_entry, job_entry, parse_fired
-from .beat.schedule import Schedule, next_slot, parse_schedule
-from .broker import (
-    BrokerUnavailable,
-    delete_beat_state,
-    is_redis_url,
-    read_beat_state,
-    remove_beat_job,
-    write_beat_jobs,
-)
-from .builders import ChildKey, child_key
-from .kube import Manifest
+from . import naming
+from .beat import state as beat_state
+from .beat.jobs import decode_entry, encode_entry, job_entry, parse_fired, parse_periodicjob
+from .beat.schedule import Schedule, next_slot
+from .beat.state import StateLocation
+from .broker.urls import BrokerUnavailable
+from .children import Children, Manifest
+from .conditions import Condition, format_time
 from .models import ObjectIdentity, PeriodicJobSpec, SpecError, TaskQueueSpec
+from .reasons import PeriodicJobReady as Ready
 from .runtime import Runtime
+from .status import HeadlineEvents, StatusPart, publish
 
 logger = logging.getLogger(__name__)
 
-SCHEDULED = "Scheduled"
-SUSPENDED = "Suspended"
-TASKQUEUE_NOT_FOUND = "TaskQueueNotFound"
-CUSTOM_SCHEDULER = "CustomScheduler"
-INVALID_SCHEDULE = "InvalidSchedule"
-INVALID_SPEC = "InvalidSpec"
-BEAT_NOT_RUNNING = "BeatNotRunning"
-SCHEDULE_FIELDS = ("spec", "spec.schedule", "spec.interval", "spec.timeZone")
-CELERY_DEFAULT_QUEUE = "celery"
+SCHEDULE_FIELDS: Final = ("spec", "spec.schedule", "spec.interval", "spec.timeZone")
+CELERY_DEFAULT_QUEUE: Final = "celery"
+TIME_FIELDS: Final = ("lastScheduleTime", "nextScheduleTime")
+STATUS: Final = StatusPart(conditions=frozenset({Ready.TYPE}), fields=frozenset({"observedGeneration", *TIME_FIELDS}))
+EVENTS: Final = HeadlineEvents(Ready.TYPE)
 
 
-# --- shared with the TaskQueue's reconcile ------------------------------------------------------
-
-@dataclass(frozen=True)
-class StateLocation:
-    """Where a TaskQueue's beat keeps its schedule: a Redis URL (from a Secret) and the key prefix."""
-
-    url: str
-    prefix: str
+def state_location(taskqueue: ObjectIdentity, children: Children) -> StateLocation | None:
+    """Where the TaskQueue's beat keeps its schedule, from the URLs in its Secrets."""
+    return beat_state.locate(taskqueue.namespace, taskqueue.name, children.broker_url(taskqueue.name),
+                             children.beat_state_url(taskqueue.name))
 
 
-def state_location(identity: ObjectIdentity, children: Mapping[ChildKey, Manifest]) -> StateLocation | None:
-    """The broker when it is Redis, else `<tq>-beat-state`; None while the Secret holding it is missing."""
-    prefix = naming.beat_key_prefix(identity.namespace, identity.name)
-    broker = children.get(("v1", "Secret", naming.broker_name(identity.name)))
-    url = builders.decode_secret_value(broker, naming.BROKER_SECRET_URL_KEY) if broker else None
-    if url is None:
-        return None
-    if is_redis_url(url):
-        return StateLocation(url=url, prefix=prefix)
-    state = children.get(("v1", "Secret", naming.beat_state_name(identity.name)))
-    state_url = builders.decode_secret_value(state, naming.BROKER_SECRET_URL_KEY) if state else None
-    return StateLocation(url=state_url, prefix=prefix) if state_url else None
-
-
-def parse_job(spec: Mapping[str, Any] | None) -> tuple[PeriodicJobSpec, Schedule]:
-    """A PeriodicJob's spec and timing. Raises SpecError naming the field."""
-    parsed = PeriodicJobSpec.parse(spec)
-    return parsed, parse_schedule(parsed.schedule, parsed.interval, parsed.time_zone)
-
-
-def desired_jobs(periodicjobs: Iterable[Mapping[str, Any]]) -> dict[str, DesiredJob]:
-    """The PeriodicJobs the beat should carry: every one whose spec and schedule are valid."""
-    result: dict[str, DesiredJob] = {}
-    for body in periodicjobs:
-        metadata = body.get("metadata") or {}
-        try:
-            spec, _ = parse_job(body.get("spec"))
-        except SpecError:
-            continue  # reported on the PeriodicJob itself (InvalidSchedule / InvalidSpec)
-        result[metadata["name"]] = DesiredJob(name=metadata["name"], spec=spec, uid=str(metadata.get("uid", "")),
-                                              generation=int(metadata.get("generation") or 0))
-    return result
-
-
-# --- one PeriodicJob ----------------------------------------------------------------------------
+# --- one PeriodicJob ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Outcome:
     """What one pass found: the Ready condition and, when the state was read, the schedule times."""
 
-    ready: tuple[str, str, str]
+    ready: Condition
     known: bool = False  # False: last/next could not be read; the previous values are restated
     last: str | None = None
     next: str | None = None
@@ -113,7 +68,7 @@ class Outcome:
 def _time(slot: float | None) -> str | None:
     if slot is None:
         return None
-    return conditions.format_time(datetime.datetime.fromtimestamp(slot, datetime.timezone.utc))
+    return format_time(datetime.datetime.fromtimestamp(slot, datetime.timezone.utc))
 
 
 def _queue_note(spec: PeriodicJobSpec, taskqueue: str, tq_spec: TaskQueueSpec) -> str:
@@ -126,116 +81,98 @@ def _queue_note(spec: PeriodicJobSpec, taskqueue: str, tq_spec: TaskQueueSpec) -
     return ""
 
 
-def _with_taskqueue(runtime: Runtime, body: Mapping[str, Any], spec: PeriodicJobSpec, schedule: Schedule,
-                    taskqueue: Mapping[str, Any], children: Mapping[ChildKey, Manifest],
-                    now: float) -> Outcome:
+def _not_running(message: str) -> Outcome:
+    return Outcome(Condition.false(Ready.TYPE, Ready.BEAT_NOT_RUNNING, message))
+
+
+def _write_entry(runtime: Runtime, identity: ObjectIdentity, tq: ObjectIdentity, spec: PeriodicJobSpec,
+                 location: StateLocation, now: float) -> tuple[dict[str, Any], float | None, bool]:
+    """Write the job's entry when it differs: (the entry in the state now, its last fired slot,
+    whether a beat leads). Raises BrokerUnavailable."""
+    state = runtime.beat_state.read(location, identity.name)
+    current = state.jobs.get(identity.name)
+    entry = job_entry(spec, uid=identity.uid, generation=identity.generation, task_queue_uid=tq.uid,
+                      previous=decode_entry(current), now=now)
+    text = encode_entry(entry)
+    if text != current:
+        if runtime.beat_state.write_jobs(location, {identity.name: (current, text)}, {}):
+            # the TaskQueue's sync wrote it meanwhile: read what is there now
+            state = runtime.beat_state.read(location, identity.name)
+            entry = decode_entry(state.jobs.get(identity.name)) or entry
+        else:
+            logger.info("PeriodicJob %s/%s: schedule entry written (generation %d)", identity.namespace,
+                        identity.name, identity.generation)
+    return entry, parse_fired(state.fired.get(identity.name)), state.heartbeat is not None
+
+
+def _sync_with_taskqueue(runtime: Runtime, body: Mapping[str, Any], spec: PeriodicJobSpec, schedule: Schedule,
+                         taskqueue: Mapping[str, Any], children: Children, now: float) -> Outcome:
     identity = ObjectIdentity.from_body(body)
     tq = ObjectIdentity.from_body(taskqueue)
     try:
         tq_spec = TaskQueueSpec.parse(taskqueue.get("spec"))
     except SpecError as error:
-        return Outcome(("False", BEAT_NOT_RUNNING, f"TaskQueue {tq.name} cannot run a beat: {error}"))
+        return _not_running(f"TaskQueue {tq.name} cannot run a beat: {error}")
     if tq_spec.beat.custom_scheduler:
-        return Outcome(("False", CUSTOM_SCHEDULER,
-                        f"TaskQueue {tq.name} runs its own beat scheduler (spec.beat.scheduler: "
-                        f"{tq_spec.beat.scheduler}); PeriodicJobs are not sent by it"))
+        return Outcome(Condition.false(Ready.TYPE, Ready.CUSTOM_SCHEDULER,
+                                       f"TaskQueue {tq.name} runs its own beat scheduler (spec.beat.scheduler: "
+                                       f"{tq_spec.beat.scheduler}); PeriodicJobs are not sent by it"))
     location = state_location(tq, children)
     if location is None:
-        return Outcome(("False", BEAT_NOT_RUNNING, f"waiting for TaskQueue {tq.name}'s beat state store"))
-    timeout = runtime.settings.broker_timeout_seconds
+        return _not_running(f"waiting for TaskQueue {tq.name}'s beat state store")
     try:
-        state = read_beat_state(location.url, location.prefix, name=identity.name, timeout=timeout)
-        current = state.jobs.get(identity.name)
-        entry = job_entry(spec, uid=identity.uid, generation=identity.generation, task_queue_uid=tq.uid,
-                          previous=decode_entry(current), now=now)
-        text = encode_entry(entry)
-        if text != current:
-            skipped = write_beat_jobs(location.url, location.prefix, {identity.name: (current, text)}, {},
-                                      timeout=timeout)
-            if skipped:  # the TaskQueue's sync wrote it meanwhile: read what is there now
-                state = read_beat_state(location.url, location.prefix, name=identity.name, timeout=timeout)
-                entry = decode_entry(state.jobs.get(identity.name)) or entry
-            else:
-                logger.info("PeriodicJob %s/%s: schedule entry written (generation %d)", identity.namespace,
-                            identity.name, identity.generation)
+        entry, fired, beat_leads = _write_entry(runtime, identity, tq, spec, location, now)
     except BrokerUnavailable as error:
-        return Outcome(("False", BEAT_NOT_RUNNING, f"cannot reach TaskQueue {tq.name}'s beat state: {error}"))
-    fired = parse_fired(state.fired.get(identity.name))
-    last = _time(fired)
+        return _not_running(f"cannot reach TaskQueue {tq.name}'s beat state: {error}")
     upcoming = None
     if not spec.suspend:
         after = max(fired if fired is not None else float("-inf"), float(entry.get("activeSince", now)))
         upcoming = _time(next_slot(schedule, after))
-    if state.heartbeat is None:
-        ready = ("False", BEAT_NOT_RUNNING, f"the beat of TaskQueue {tq.name} ({naming.beat_name(tq.name)}) "
-                                            "is not running (no heartbeat)")
+    if not beat_leads:
+        ready = Condition.false(Ready.TYPE, Ready.BEAT_NOT_RUNNING, f"the beat of TaskQueue {tq.name} "
+                                f"({naming.beat_name(tq.name)}) is not running (no heartbeat)")
     elif entry.get("generation") != identity.generation:
-        ready = ("False", BEAT_NOT_RUNNING, f"the beat of TaskQueue {tq.name} has not taken this change yet")
+        ready = Condition.false(Ready.TYPE, Ready.BEAT_NOT_RUNNING,
+                                f"the beat of TaskQueue {tq.name} has not taken this change yet")
     elif spec.suspend:
-        ready = ("True", SUSPENDED, f"suspended: the beat of TaskQueue {tq.name} sends no runs until "
-                                    "spec.suspend is false (missed runs are not caught up)")
+        ready = Condition.true(Ready.TYPE, Ready.SUSPENDED, f"suspended: the beat of TaskQueue {tq.name} sends no "
+                               "runs until spec.suspend is false (missed runs are not caught up)")
     else:
-        ready = ("True", SCHEDULED, f"the beat of TaskQueue {tq.name} sends {spec.task} {schedule.describe()}"
-                                    + _queue_note(spec, tq.name, tq_spec))
-    return Outcome(ready, known=True, last=last, next=upcoming)
+        ready = Condition.true(Ready.TYPE, Ready.SCHEDULED, f"the beat of TaskQueue {tq.name} sends {spec.task} "
+                               f"{schedule.describe()}" + _queue_note(spec, tq.name, tq_spec))
+    return Outcome(ready, known=True, last=_time(fired), next=upcoming)
 
 
-def observe(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,
-            children: Mapping[ChildKey, Manifest], now: float) -> Outcome:
+def sync_job(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,
+             children: Children, now: float) -> Outcome:
+    """Bring the job's entry in its TaskQueue's beat state up to date (write it, or take out an
+    entry an edit made invalid) and find what its status says."""
     try:
-        spec, schedule = parse_job(body.get("spec"))
+        spec, schedule = parse_periodicjob(body.get("spec"))
     except SpecError as error:
-        remove_from_taskqueue(runtime, body, taskqueue, children.values())  # an edit made it invalid
-        reason = INVALID_SCHEDULE if error.field in SCHEDULE_FIELDS else INVALID_SPEC
-        return Outcome(("False", reason, str(error)), known=True)
+        remove_from_taskqueue(runtime, body, taskqueue, children.values())
+        reason = Ready.INVALID_SCHEDULE if error.field in SCHEDULE_FIELDS else Ready.INVALID_SPEC
+        return Outcome(Condition.false(Ready.TYPE, reason, str(error)), known=True)
     if taskqueue is None:
         namespace = (body.get("metadata") or {}).get("namespace", "")
-        return Outcome(("False", TASKQUEUE_NOT_FOUND,
-                        f"spec.taskQueueRef.name: TaskQueue {spec.task_queue_name!r} does not exist in namespace "
-                        f"{namespace}"), known=True)
-    return _with_taskqueue(runtime, body, spec, schedule, taskqueue, children, now)
-
-
-# --- status ---------------------------------------------------------------------------------------
-
-TIME_FIELDS = ("lastScheduleTime", "nextScheduleTime")
+        return Outcome(Condition.false(Ready.TYPE, Ready.TASKQUEUE_NOT_FOUND,
+                                       f"spec.taskQueueRef.name: TaskQueue {spec.task_queue_name!r} does not exist "
+                                       f"in namespace {namespace}"), known=True)
+    return _sync_with_taskqueue(runtime, body, spec, schedule, taskqueue, children, now)
 
 
 def compose_status(body: Mapping[str, Any], outcome: Outcome, now: datetime.datetime) -> dict[str, Any]:
     previous = body.get("status") or {}
     generation = int((body.get("metadata") or {}).get("generation") or 0)
-    status, reason, message = outcome.ready
-    composed: dict[str, Any] = {
-        "conditions": conditions.set_condition(
-            [c for c in previous.get("conditions") or [] if c.get("type") == conditions.READY],
-            type=conditions.READY, status=status, reason=reason, message=message,
-            observed_generation=generation, now=now),
-        "observedGeneration": generation,
-    }
     if outcome.known:
         times = {"lastScheduleTime": outcome.last, "nextScheduleTime": outcome.next}
     else:
         times = {key: previous.get(key) for key in TIME_FIELDS}
-    composed.update({key: value for key, value in times.items() if value is not None})
-    return composed
+    return STATUS.compose(previous, [outcome.ready], generation=generation, now=now,
+                          fields={"observedGeneration": generation, **times})
 
 
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    ready = [c for c in old.get("conditions") or [] if c.get("type") == conditions.READY]
-    if conditions.conditions_differ(ready, new.get("conditions")):
-        return True
-    return any(old.get(key) != new.get(key) for key in ("observedGeneration", *TIME_FIELDS))
-
-
-def _event_for(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    before = conditions.get_condition(old.get("conditions"), conditions.READY) or {}
-    after = conditions.get_condition(new.get("conditions"), conditions.READY) or {}
-    if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):
-        return None
-    if after.get("status") == "True":
-        return "Normal", after.get("reason", SCHEDULED), after.get("message", "")
-    return "Warning", after.get("reason", BEAT_NOT_RUNNING), after.get("message", "")
-
+# --- lookups in the handlers' indexes -------------------------------------------------------------
 
 Located = tuple[dict[str, Any] | None, list[dict[str, Any]]]
 
@@ -264,6 +201,8 @@ def taskqueue_left(spec: Mapping[str, Any], previous: Mapping[str, Any] | None, 
     return taskqueue_of(previous or {}, namespace, taskqueues_by_name, *children_by_owner)
 
 
+# --- the passes -----------------------------------------------------------------------------------
+
 def reconcile_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,
                           children: Iterable[Manifest], now: float | None = None,
                           moved_from: tuple[Mapping[str, Any] | None, Iterable[Manifest]] | None = None) -> None:
@@ -276,12 +215,9 @@ def reconcile_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: 
     with runtime.lock_for(identity.uid):
         if moved_from is not None:
             remove_from_taskqueue(runtime, body, *moved_from)
-        outcome = observe(runtime, body, taskqueue, {child_key(c): c for c in children}, moment)
-        old = body.get("status") or {}
-        new = compose_status(body, outcome, datetime.datetime.fromtimestamp(moment, datetime.timezone.utc))
-        if not status_changed(old, new):
-            return
-        runtime.kube.publish_status(body, new, runtime.settings.field_manager, _event_for(old, new))
+        outcome = sync_job(runtime, body, taskqueue, Children(children), moment)
+        status = compose_status(body, outcome, datetime.datetime.fromtimestamp(moment, datetime.timezone.utc))
+        publish(runtime.kube, body, STATUS, status, runtime.settings.field_manager, EVENTS)
 
 
 def remove_from_taskqueue(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,
@@ -293,12 +229,11 @@ def remove_from_taskqueue(runtime: Runtime, body: Mapping[str, Any], taskqueue: 
         return
     identity = ObjectIdentity.from_body(body)
     tq = ObjectIdentity.from_body(taskqueue)
-    location = state_location(tq, {child_key(c): c for c in children})
+    location = state_location(tq, Children(children))
     if location is None:
         return
     try:
-        if remove_beat_job(location.url, location.prefix, identity.name,
-                           timeout=runtime.settings.broker_timeout_seconds):
+        if runtime.beat_state.remove_job(location, identity.name):
             logger.info("PeriodicJob %s/%s: removed from TaskQueue %s's beat", identity.namespace, identity.name,
                         tq.name)
     except BrokerUnavailable as error:
@@ -321,11 +256,11 @@ def forget_taskqueue_schedule(runtime: Runtime, taskqueue: Mapping[str, Any], ch
     Best effort: the PeriodicJobs stay, and a TaskQueue of the same name starts afresh anyway
     (the entries name the TaskQueue's uid)."""
     identity = ObjectIdentity.from_body(taskqueue)
-    location = state_location(identity, {child_key(c): c for c in children})
+    location = state_location(identity, Children(children))
     if location is None:
         return
     try:
-        delete_beat_state(location.url, location.prefix, timeout=runtime.settings.broker_timeout_seconds)
+        runtime.beat_state.delete(location)
     except BrokerUnavailable as error:
         logger.warning("TaskQueue %s/%s: could not remove its beat's schedule state (%s)", identity.namespace,
                        identity.name, error)

@@ -1,9 +1,10 @@
-"""Reconcile one TaskQueue: observe -> build -> apply what differs -> status.
+"""Reconcile one TaskQueue: observe -> build -> apply what differs -> status. No kopf imports.
 
 Reads come from what the handlers observed (kopf indexes of our children, kept current by
 watches) and, only where that cannot answer, from the API: an object of a child's name that is
-not in the index may be somebody else's. Writes happen only when something differs, so a settled
-TaskQueue costs no request but the broker check. No kopf imports here.
+not in the index may be somebody else's. Writes happen only when something differs (drift.py), so
+a settled TaskQueue costs no request but the broker check. Pods are read only while a child
+Deployment has not rolled out, to say why (podfailures.py). All I/O goes through the Runtime's ports.
 """
 
 from __future__ import annotations
@@ -14,113 +15,124 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from . import builders, conditions, drift, naming, periodicjobs
-from .beat.jobs import DesiredJob, plan_sync
-from .broker import BeatState, BrokerUnavailable, is_redis_url, read_beat_state, write_beat_jobs
-from .builders import ChildKey, child_key
-from .kube import Kube, KubeError, Manifest, controller_uid
+from . import builders, drift, naming
+from .beat import state as beat_state
+from .beat.jobs import DesiredJob, desired_jobs, plan_sync
+from .beat.state import BeatState, StateLocation
+from .broker.urls import BrokerUnavailable, redact
+from .children import ChildKey, Children, Manifest, Rollout, child_key, controller_uid, decode_secret_value
+from .conditions import Condition
+from .kube import KubeError
 from .models import ObjectIdentity, SpecError, TaskQueueSpec, validate_taskqueue_name
+from .podfailures import PodFailure, deployment_failure
+from .reasons import PROGRESS, BeatReady, BrokerReady, Ready, WorkersReady
 from .runtime import Runtime
-from .settings import OperatorSettings
+from .status import HeadlineEvents, StatusPart, publish
 
 logger = logging.getLogger(__name__)
 
-PASSWORD_BYTES = 24
+PASSWORD_BYTES: Final = 24
+STATUS: Final = StatusPart(
+    conditions=frozenset({Ready.TYPE, BrokerReady.TYPE, WorkersReady.TYPE, BeatReady.TYPE}),
+    fields=frozenset({"observedGeneration", "brokerSecretName", "queueCount", "workers"}),
+    queue_fields=("name", "replicas", "readyReplicas"),
+)
+EVENTS: Final = HeadlineEvents(Ready.TYPE, progress=PROGRESS)
 
 
 class Blocked(Exception):
     """Something a user must fix (or wait for) before the children can be touched."""
 
-    def __init__(self, reason: str, message: str, condition: str = conditions.READY):
+    def __init__(self, reason: str, message: str):
         super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.condition = condition
+        self.condition = Condition.false(Ready.TYPE, reason, message)
 
 
-# --- the steps -------------------------------------------------------------------------------
+# --- what exists --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class BrokerAccess:
+    """The broker URL, and what the Secret builder needs from it."""
+
     url: str
-    password: str | None = None
-    external_url: str | None = None
+    password: str | None = None  # managed: generated once, then read back from `<tq>-broker`
+    external_url: str | None = None  # urlSecretRef: the value read from the user's Secret
+
+    def __repr__(self) -> str:
+        return f"BrokerAccess(url={redact(self.url)!r})"
 
 
-def _read_user_secret_url(kube: Kube, identity: ObjectIdentity, spec: TaskQueueSpec) -> str:
+def _read_user_secret_url(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec) -> str:
     reference = spec.broker.url_secret_ref
     assert reference is not None
     field_path = "spec.broker.urlSecretRef"
-    secret = kube.get("v1", "Secret", identity.namespace, reference.name)
+    secret = runtime.kube.get("v1", "Secret", identity.namespace, reference.name)
     if secret is None:
-        raise Blocked("BrokerSecretNotFound",
+        raise Blocked(Ready.BROKER_SECRET_NOT_FOUND,
                       f"{field_path}.name: Secret {reference.name!r} does not exist in namespace {identity.namespace}")
-    value = builders.decode_secret_value(secret, reference.key)
+    value = decode_secret_value(secret, reference.key)
     if not value:
-        raise Blocked("BrokerSecretKeyNotFound",
+        raise Blocked(Ready.BROKER_SECRET_KEY_NOT_FOUND,
                       f"{field_path}.key: Secret {reference.name!r} has no key {reference.key!r}")
     return value.strip()
 
 
-def _existing_password(live_secret: Manifest | None) -> str | None:
-    if live_secret is None:
-        return None
-    return builders.decode_secret_value(live_secret, naming.BROKER_SECRET_PASSWORD_KEY)
+def _password_of(secret: Manifest | None) -> str:
+    """The password a Secret of ours holds, or a new one: generated once, never rotated silently."""
+    existing = decode_secret_value(secret, naming.BROKER_SECRET_PASSWORD_KEY) if secret is not None else None
+    return existing or secrets.token_urlsafe(PASSWORD_BYTES)
 
 
-def broker_access(kube: Kube, identity: ObjectIdentity, spec: TaskQueueSpec,
-                  live_secret: Manifest | None) -> BrokerAccess:
-    """The broker URL, and what the Secret builder needs: the managed password is generated once."""
+def broker_access(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec,
+                  children: Children) -> BrokerAccess:
     if spec.broker.kind == "managed":
-        password = _existing_password(live_secret) or secrets.token_urlsafe(PASSWORD_BYTES)
-        url = builders.broker_url(identity, spec.broker, password=password)
-        return BrokerAccess(url=url, password=password)
+        password = _password_of(children.secret(naming.broker_name(identity.name)))
+        return BrokerAccess(url=builders.broker_url(identity, spec.broker, password=password), password=password)
     if spec.broker.kind == "url":
         return BrokerAccess(url=builders.broker_url(identity, spec.broker))
-    external = _read_user_secret_url(kube, identity, spec)
+    external = _read_user_secret_url(runtime, identity, spec)
     return BrokerAccess(url=external, external_url=external)
 
 
-def _with_live_secret(kube: Kube, identity: ObjectIdentity, observed: Mapping[ChildKey, Manifest],
-                      name: str) -> dict[ChildKey, Manifest]:
+def _not_ours(names: Iterable[str]) -> Blocked:
+    return Blocked(Ready.NAME_CONFLICT, f"{', '.join(names)} already exist(s) and not owned by this TaskQueue; "
+                                        "rename or delete them (the TaskQueue never adopts objects it did not create)")
+
+
+def with_own_secret(runtime: Runtime, identity: ObjectIdentity, children: Children, name: str) -> Children:
     """A Secret of ours holding a generated password: look it up before building anything from it."""
-    key = ("v1", "Secret", name)
-    result = dict(observed)
-    secret = result.get(key) or kube.get("v1", "Secret", identity.namespace, key[2])
-    if secret is not None and controller_uid(secret) != identity.uid:
-        raise Blocked("NameConflict", f"Secret {key[2]} already exists and is not owned by this TaskQueue; "
-                                      "rename or delete it (the TaskQueue never adopts objects it did not create)")
-    if secret is not None:
-        result[key] = secret
-    return result
+    secret = children.secret(name) or runtime.kube.get("v1", "Secret", identity.namespace, name)
+    if secret is None:
+        return children
+    if controller_uid(secret) != identity.uid:
+        raise _not_ours([f"Secret {name}"])
+    return children.with_child(secret)
 
 
 def _describe(key: ChildKey) -> str:
     return f"{key[1]} {key[2]}"
 
 
-def resolve_live_children(kube: Kube, identity: ObjectIdentity, desired: Iterable[Manifest],
-                          observed: Mapping[ChildKey, Manifest]) -> dict[ChildKey, Manifest | None]:
+def resolve_live_children(runtime: Runtime, identity: ObjectIdentity, desired: Iterable[Manifest],
+                          observed: Children) -> dict[ChildKey, Manifest | None]:
     """The live object of every desired child; one not in the index is looked up, and refused if not ours."""
     live: dict[ChildKey, Manifest | None] = {}
     conflicts = []
     for manifest in desired:
         key = child_key(manifest)
-        found = observed.get(key)
-        if found is None:
-            found = kube.get(key[0], key[1], identity.namespace, key[2])
+        found = observed.get(key) or runtime.kube.get(key[0], key[1], identity.namespace, key[2])
         if found is not None and controller_uid(found) != identity.uid:
             conflicts.append(_describe(key))
             continue
         live[key] = found
     if conflicts:
-        raise Blocked("NameConflict",
-                      f"{', '.join(conflicts)} already exist(s) and not owned by this TaskQueue; "
-                      "rename or delete them (the TaskQueue never adopts objects it did not create)")
+        raise _not_ours(conflicts)
     return live
 
+
+# --- writes -------------------------------------------------------------------------------------
 
 def _scaler_owns_replicas(live: Manifest, scaler_manager: str) -> bool:
     for entry in live.get("metadata", {}).get("managedFields") or []:
@@ -129,49 +141,43 @@ def _scaler_owns_replicas(live: Manifest, scaler_manager: str) -> bool:
     return False
 
 
-def _autoscaled_deployment_names(identity: ObjectIdentity, spec: TaskQueueSpec) -> dict[str, int]:
-    return {naming.worker_name(identity.name, q.name): q.autoscaling.min_replicas
-            for q in spec.queues if q.autoscaling is not None}
-
-
-def apply_children(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, desired: Sequence[Manifest],
-                   live: Mapping[ChildKey, Manifest | None]) -> dict[ChildKey, Manifest]:
-    """Apply each child that differs from its live object; return the live objects after the writes."""
-    kube, settings = runtime.kube, runtime.settings
-    autoscaled = _autoscaled_deployment_names(identity, spec)
-    result: dict[ChildKey, Manifest] = {}
-    for manifest in map(drift.stamped, desired):
-        key = child_key(manifest)
-        current = live.get(key)
-        name = key[2]
-        if key[1] == "Deployment" and name in autoscaled and (
-                current is None or not _scaler_owns_replicas(current, settings.scaler_field_manager)):
-            current = _hand_replicas_to_scaler(kube, identity, manifest, current, autoscaled[name], settings)
-        if not drift.needs_apply(manifest, current):
-            result[key] = current
-            continue
-        logger.info("applying %s in %s", _describe(key), identity.namespace)
-        result[key] = kube.apply(manifest, settings.field_manager)
-    return result
-
-
-def _hand_replicas_to_scaler(kube: Kube, identity: ObjectIdentity, manifest: Manifest, current: Manifest | None,
-                             min_replicas: int, settings: OperatorSettings) -> Manifest:
+def _hand_replicas_to_scaler(runtime: Runtime, identity: ObjectIdentity, manifest: Manifest,
+                             current: Manifest | None, min_replicas: int) -> Manifest | None:
     """An autoscaled worker Deployment starts at minReplicas, with `replicas` owned by the scaler.
 
     Without this, a Deployment created without replicas would start one pod, and one that was a
     fixed queue would fall back to the default when the reconciler stops applying the field.
     """
+    kube, settings = runtime.kube, runtime.settings
     replicas = min_replicas if current is None else int(current.get("spec", {}).get("replicas", min_replicas))
     if current is None:
-        seeded = {**manifest, "spec": {**manifest["spec"], "replicas": replicas}}
-        kube.apply(seeded, settings.field_manager)
+        kube.apply({**manifest, "spec": {**manifest["spec"], "replicas": replicas}}, settings.field_manager)
     kube.scale(identity.namespace, manifest["metadata"]["name"], replicas, settings.scaler_field_manager)
     return kube.get("apps/v1", "Deployment", identity.namespace, manifest["metadata"]["name"])
 
 
-def delete_unwanted(kube: Kube, identity: ObjectIdentity, desired: Iterable[Manifest],
-                    observed: Mapping[ChildKey, Manifest]) -> list[str]:
+def apply_children(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, desired: Sequence[Manifest],
+                   live: Mapping[ChildKey, Manifest | None]) -> Children:
+    """Apply each child that differs from its live object; return the live objects after the writes."""
+    autoscaled = {naming.worker_name(identity.name, q.name): q.autoscaling.min_replicas
+                  for q in spec.queues if q.autoscaling is not None}
+    result: dict[ChildKey, Manifest] = {}
+    for manifest in map(drift.stamped, desired):
+        key = child_key(manifest)
+        current = live.get(key)
+        if key[1] == "Deployment" and key[2] in autoscaled and (
+                current is None or not _scaler_owns_replicas(current, runtime.settings.scaler_field_manager)):
+            current = _hand_replicas_to_scaler(runtime, identity, manifest, current, autoscaled[key[2]])
+        if current is not None and not drift.needs_apply(manifest, current):
+            result[key] = current
+            continue
+        logger.info("applying %s in %s", _describe(key), identity.namespace)
+        result[key] = runtime.kube.apply(manifest, runtime.settings.field_manager)
+    return Children(result)
+
+
+def delete_unwanted(runtime: Runtime, identity: ObjectIdentity, desired: Iterable[Manifest],
+                    observed: Children) -> list[str]:
     """Delete owned children no longer desired: a removed queue, Flower turned off, the beat once no
     PeriodicJob refers to the TaskQueue (with its state Redis, for an AMQP broker).
 
@@ -181,105 +187,111 @@ def delete_unwanted(kube: Kube, identity: ObjectIdentity, desired: Iterable[Mani
     wanted = {child_key(m) for m in desired}
     deleted = []
     for key, item in observed.items():
-        if key in wanted or key[1] == "PersistentVolumeClaim":
+        if key in wanted or key[1] == "PersistentVolumeClaim" or controller_uid(item) != identity.uid:
             continue
-        if controller_uid(item) != identity.uid:
-            continue
-        if kube.delete(key[0], key[1], identity.namespace, key[2], uid=item["metadata"].get("uid")):
+        if runtime.kube.delete(key[0], key[1], identity.namespace, key[2], uid=item["metadata"].get("uid")):
             deleted.append(_describe(key))
     return deleted
 
 
-# --- status ----------------------------------------------------------------------------------
+def pod_failures(runtime: Runtime, identity: ObjectIdentity, children: Children) -> dict[str, PodFailure]:
+    """Why the pods of each child Deployment that has not rolled out cannot run, by Deployment name.
+    One pod listing, and only while some Deployment is not settled."""
+    unsettled = [item for key, item in children.items() if key[1] == "Deployment" and not Rollout.of(item).settled]
+    if not unsettled:
+        return {}
+    try:
+        pods = runtime.kube.list_pods(identity.namespace, naming.owned_children_selector(identity.name))
+    except KubeError as error:  # a status without the kubelet's reasons beats no status
+        logger.warning("cannot read the pods of TaskQueue %s/%s: %s", identity.namespace, identity.name, error)
+        return {}
+    failures = {item["metadata"]["name"]: deployment_failure(item, pods) for item in unsettled}
+    return {name: failure for name, failure in failures.items() if failure is not None}
 
-def _deployment_ready(deployment: Manifest) -> tuple[int, int, bool]:
-    """(desired replicas, ready replicas, rolled out and available)."""
-    spec, status = deployment.get("spec", {}), deployment.get("status", {})
-    desired = int(spec.get("replicas", 1))
-    ready = int(status.get("readyReplicas", 0))
-    settled = (status.get("observedGeneration", 0) >= deployment.get("metadata", {}).get("generation", 0)
-               and int(status.get("updatedReplicas", 0)) >= desired
-               and int(status.get("availableReplicas", 0)) >= desired)
-    return desired, ready, settled
 
+# --- conditions -----------------------------------------------------------------------------------
 
-def queue_statuses(identity: ObjectIdentity, spec: TaskQueueSpec,
-                   children: Mapping[ChildKey, Manifest]) -> list[dict[str, Any]]:
+def queue_statuses(identity: ObjectIdentity, spec: TaskQueueSpec, children: Children) -> list[dict[str, Any]]:
     """Per queue, what the reconciler owns: replicas and readyReplicas of its Deployment."""
     entries = []
     for queue in spec.queues:
-        deployment = children.get(("apps/v1", "Deployment", naming.worker_name(identity.name, queue.name)), {})
+        deployment = children.deployment(naming.worker_name(identity.name, queue.name)) or {}
         entries.append({"name": queue.name, "replicas": int(deployment.get("spec", {}).get("replicas", 0)),
                         "readyReplicas": int(deployment.get("status", {}).get("readyReplicas", 0))})
     return entries
 
 
-def workers_condition(identity: ObjectIdentity, spec: TaskQueueSpec,
-                      children: Mapping[ChildKey, Manifest]) -> tuple[str, str, str]:
-    waiting = []
+def workers_condition(identity: ObjectIdentity, spec: TaskQueueSpec, children: Children,
+                      failures: Mapping[str, PodFailure]) -> Condition:
+    waiting, failing = [], []
     for queue in spec.queues:
         name = naming.worker_name(identity.name, queue.name)
-        deployment = children.get(("apps/v1", "Deployment", name))
+        deployment = children.deployment(name)
+        rollout = Rollout.of(deployment)
         if deployment is None:
             waiting.append(f"{name} (not created)")
-            continue
-        desired, ready, settled = _deployment_ready(deployment)
-        if not settled:
-            waiting.append(f"{name} ({ready}/{desired} ready)")
+        elif name in failures:
+            failing.append(failures[name].describe())
+        elif not rollout.settled:
+            waiting.append(f"{name} ({rollout.describe()})")
+    if failing:
+        rest = f"; waiting for {', '.join(waiting)}" if waiting else ""
+        return Condition.false(WorkersReady.TYPE, WorkersReady.POD_FAILING, "; ".join(failing) + rest)
     if waiting:
-        return "False", "WorkersNotReady", "waiting for " + ", ".join(waiting)
-    return "True", "WorkersAvailable", f"all {len(spec.queues)} worker Deployment(s) have their replicas available"
+        return Condition.false(WorkersReady.TYPE, WorkersReady.NOT_READY, "waiting for " + ", ".join(waiting))
+    return Condition.true(WorkersReady.TYPE, WorkersReady.AVAILABLE,
+                          f"all {len(spec.queues)} worker Deployment(s) have their replicas available")
 
 
 def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
-                     children: Mapping[ChildKey, Manifest]) -> tuple[str, str, str]:
+                     children: Children, failures: Mapping[str, PodFailure]) -> Condition:
     if spec.broker.kind == "managed":
         name = naming.broker_name(identity.name)
-        desired, ready, settled = _deployment_ready(children.get(("apps/v1", "Deployment", name), {}))
-        if not settled:  # still starting: a progress report, not an outage
-            return "False", "BrokerStarting", f"waiting for the managed Redis (Deployment {name}: {ready}/{desired} ready)"
-    problem = runtime.probe_broker(access.url, runtime.settings.broker_timeout_seconds)
+        rollout = Rollout.of(children.deployment(name))
+        if name in failures:
+            return Condition.false(BrokerReady.TYPE, BrokerReady.POD_FAILING, failures[name].describe())
+        if not rollout.settled:  # still starting: a progress report, not an outage
+            return Condition.false(BrokerReady.TYPE, BrokerReady.STARTING,
+                                   f"waiting for the managed Redis (Deployment {name}: {rollout.describe()})")
+    problem = runtime.brokers.probe(access.url)
     if problem is None:
-        return "True", "BrokerReachable", "the broker answers"
-    return "False", "BrokerUnreachable", problem
+        return Condition.true(BrokerReady.TYPE, BrokerReady.REACHABLE, "the broker answers")
+    return Condition.false(BrokerReady.TYPE, BrokerReady.UNREACHABLE, problem)
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+def flower_condition(identity: ObjectIdentity, spec: TaskQueueSpec,
+                     failures: Mapping[str, PodFailure]) -> Condition | None:
+    """Flower has no condition of its own: a Flower that cannot run makes Ready False."""
+    failure = failures.get(naming.flower_name(identity.name)) if spec.flower.enabled else None
+    return Condition.false(Ready.TYPE, Ready.FLOWER_POD_FAILING, failure.describe()) if failure else None
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The conditions this reconcile sets, and the status fields that go with them."""
 
-    broker: tuple[str, str, str] | None
-    workers: tuple[str, str, str] | None
+    broker: Condition | None
+    workers: Condition | None
     blocked: Blocked | None
     queues: list[dict[str, Any]] | None = None
-    beat: tuple[str, str, str] | None = None  # BeatReady; None on an unblocked pass = no PeriodicJob refers
+    beat: Condition | None = None  # BeatReady; None on an unblocked pass = no PeriodicJob refers
+    flower: Condition | None = None  # only when Flower's pods cannot run
+
+    @classmethod
+    def of_blocked(cls, blocked: Blocked) -> Verdict:
+        return cls(broker=None, workers=None, blocked=blocked)
 
 
-def _ready_from(verdict: Verdict) -> tuple[str, str, str]:
+def ready_condition(verdict: Verdict) -> Condition:
     if verdict.blocked is not None:
-        return "False", verdict.blocked.reason, verdict.blocked.message
-    for triple in (verdict.broker, verdict.workers, verdict.beat):
-        if triple is not None and triple[0] != "True":
-            return "False", triple[1], triple[2]
+        return verdict.blocked.condition
+    for condition in (verdict.broker, verdict.workers, verdict.beat, verdict.flower):
+        if condition is not None and not condition.is_true:
+            return Condition.false(Ready.TYPE, condition.reason, condition.message)
     if verdict.beat is not None:
-        return "True", "Ready", "the broker answers, every queue's workers are available and the beat runs"
-    return "True", "Ready", "the broker answers and every queue's workers are available"
-
-
-RECONCILER_CONDITIONS = (conditions.BROKER_READY, conditions.WORKERS_READY, conditions.BEAT_READY, conditions.READY)
-QUEUE_FIELDS = ("name", "replicas", "readyReplicas")
-
-
-def _own_queue_fields(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [{key: entry[key] for key in QUEUE_FIELDS if key in entry} for entry in entries]
-
-
-def _own_conditions(status: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [dict(c) for c in status.get("conditions") or [] if c.get("type") in RECONCILER_CONDITIONS]
+        return Condition.true(Ready.TYPE, Ready.READY,
+                              "the broker answers, every queue's workers are available and the beat runs")
+    return Condition.true(Ready.TYPE, Ready.READY, "the broker answers and every queue's workers are available")
 
 
 def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: Verdict,
@@ -289,64 +301,23 @@ def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: V
     A blocked pass sets Ready only and restates what it owned before, so nothing it cannot see now is lost.
     """
     previous = body.get("status") or {}
-    current = _own_conditions(previous)
-    if verdict.blocked is None and verdict.beat is None:
-        current = conditions.remove_condition(current, conditions.BEAT_READY)
-    for kind, triple in ((conditions.BROKER_READY, verdict.broker), (conditions.WORKERS_READY, verdict.workers),
-                         (conditions.BEAT_READY, verdict.beat), (conditions.READY, _ready_from(verdict))):
-        if triple is None:
-            continue
-        status, reason, message = triple
-        current = conditions.set_condition(current, type=kind, status=status, reason=reason, message=message,
-                                           observed_generation=identity.generation, now=now)
-    composed: dict[str, Any] = {"conditions": current, "observedGeneration": identity.generation,
-                                "brokerSecretName": naming.broker_name(identity.name)}
+    updates = [c for c in (verdict.broker, verdict.workers, verdict.beat) if c is not None]
+    fields: dict[str, Any] = {"observedGeneration": identity.generation,
+                              "brokerSecretName": naming.broker_name(identity.name)}
     if verdict.queues is None:
-        composed.update({key: previous[key] for key in ("queueCount", "workers") if key in previous})
-        if previous.get("queues"):
-            composed["queues"] = _own_queue_fields(previous["queues"])
-        return composed
-    ready = sum(q["readyReplicas"] for q in verdict.queues)
-    desired = sum(q["replicas"] for q in verdict.queues)
-    composed.update(queues=verdict.queues, queueCount=len(verdict.queues), workers=f"{ready}/{desired}")
-    return composed
+        fields.update({key: previous.get(key) for key in ("queueCount", "workers")})
+        queues = STATUS.owned_queues(previous) or None
+    else:
+        ready = sum(q["readyReplicas"] for q in verdict.queues)
+        desired = sum(q["replicas"] for q in verdict.queues)
+        fields.update(queueCount=len(verdict.queues), workers=f"{ready}/{desired}")
+        queues = verdict.queues
+    drop = [BeatReady.TYPE] if verdict.blocked is None and verdict.beat is None else []
+    return STATUS.compose(previous, [*updates, ready_condition(verdict)], generation=identity.generation, now=now,
+                          drop=drop, fields=fields, queues=queues)
 
 
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether the live status differs from the reconciler's part `new` (other writers' fields ignored)."""
-    if conditions.conditions_differ(_own_conditions(old), new.get("conditions")):
-        return True
-    if _own_queue_fields(old.get("queues") or []) != new.get("queues", _own_queue_fields(old.get("queues") or [])):
-        return True
-    return any(old.get(key) != value for key, value in new.items() if key not in ("conditions", "queues"))
-
-
-# Ready=False while things start: worth an Event, not a Warning
-PROGRESS_REASONS = frozenset({"BrokerStarting", "WorkersNotReady", "BeatNotAvailable"})
-
-
-def _event_for(old_status: Mapping[str, Any], new_status: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """One Event when Ready flips or its reason changes: (type, reason, message)."""
-    before = conditions.get_condition(old_status.get("conditions"), conditions.READY) or {}
-    after = conditions.get_condition(new_status.get("conditions"), conditions.READY) or {}
-    if (before.get("status"), before.get("reason")) == (after.get("status"), after.get("reason")):
-        return None
-    if after.get("status") == "True":
-        return "Normal", "Ready", after.get("message", "")
-    reason = after.get("reason", "NotReady")
-    return ("Normal" if reason in PROGRESS_REASONS else "Warning"), reason, after.get("message", "")
-
-
-def report(runtime: Runtime, body: Mapping[str, Any], identity: ObjectIdentity, verdict: Verdict,
-           now: datetime.datetime) -> None:
-    old_status = body.get("status") or {}
-    new_status = compose_status(body, identity, verdict, now)
-    if not status_changed(old_status, new_status):
-        return
-    runtime.kube.publish_status(body, new_status, runtime.settings.field_manager, _event_for(old_status, new_status))
-
-
-# --- the beat ----------------------------------------------------------------------------------
+# --- the beat -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class BeatPlan:
@@ -354,52 +325,41 @@ class BeatPlan:
 
     options: the beat children to build (None: no beat). jobs: what the operator's beat should
     carry ({} with a custom scheduler or no PeriodicJob). referred: PeriodicJobs refer to the
-    TaskQueue (BeatReady is reported). state_url: where the schedule state lives, when it can be
+    TaskQueue (BeatReady is reported). location: where the schedule state lives, when it can be
     synced now (the broker when it is Redis; the `<tq>-beat-state` Redis while it is wanted).
     """
 
     options: builders.BeatOptions | None
     jobs: dict[str, DesiredJob]
     referred: bool
-    state_url: str | None
+    location: StateLocation | None
 
 
 def plan_beat(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
-              referring: Sequence[Mapping[str, Any]], observed: Mapping[ChildKey, Manifest]) -> BeatPlan:
+              referring: Sequence[Mapping[str, Any]], children: Children) -> BeatPlan:
     referred = bool(referring)
     custom = spec.beat.custom_scheduler
     own = referred and not custom
-    redis_broker = is_redis_url(access.url)
-    jobs = periodicjobs.desired_jobs(referring) if own else {}
-    state_url = access.url if redis_broker else None
-    options = None
-    if own and not redis_broker:
+    options, state_url = None, None
+    if own and not beat_state.lives_on_broker(access.url):
         name = naming.beat_state_name(identity.name)
-        live = _with_live_secret(runtime.kube, identity, observed, name).get(("v1", "Secret", name))
-        password = _existing_password(live) or secrets.token_urlsafe(PASSWORD_BYTES)
-        options = builders.BeatOptions(custom=False, image=runtime.settings.beat_image, state="managed",
-                                       state_password=password)
+        password = _password_of(with_own_secret(runtime, identity, children, name).secret(name))
+        options = builders.BeatOptions(custom=False, state="managed", state_password=password)
         state_url = builders.beat_state_url(identity, password)
     elif own or custom:
-        options = builders.BeatOptions(custom=custom, image=runtime.settings.beat_image, state="broker")
-    return BeatPlan(options=options, jobs=jobs, referred=referred, state_url=state_url)
-
-
-def _has_beat_children(observed: Mapping[ChildKey, Manifest]) -> bool:
-    return any((item.get("metadata", {}).get("labels") or {}).get(naming.LABEL_COMPONENT) == naming.BEAT
-               for item in observed.values())
+        options = builders.BeatOptions(custom=custom, state="broker")
+    return BeatPlan(options=options, jobs=desired_jobs(referring) if own else {}, referred=referred,
+                    location=beat_state.locate(identity.namespace, identity.name, access.url, state_url))
 
 
 def sync_beat_jobs(runtime: Runtime, identity: ObjectIdentity, plan: BeatPlan, now: float) -> BeatState:
     """Make the `jobs` hash hold exactly the valid PeriodicJobs: one read, writes only what differs.
     Raises BrokerUnavailable."""
-    assert plan.state_url is not None
-    prefix = naming.beat_key_prefix(identity.namespace, identity.name)
-    timeout = runtime.settings.broker_timeout_seconds
-    state = read_beat_state(plan.state_url, prefix, timeout=timeout)
+    assert plan.location is not None
+    state = runtime.beat_state.read(plan.location)
     changes = plan_sync(state.jobs, plan.jobs, task_queue_uid=identity.uid, now=now)
     if not changes.empty:
-        skipped = write_beat_jobs(plan.state_url, prefix, changes.upserts, changes.removals, timeout=timeout)
+        skipped = runtime.beat_state.write_jobs(plan.location, changes.upserts, changes.removals)
         written = sorted(set(changes.upserts) - set(skipped))
         removed = sorted(set(changes.removals) - set(skipped))
         logger.info("TaskQueue %s/%s: beat schedule synced (written: %s; removed: %s%s)", identity.namespace,
@@ -408,70 +368,86 @@ def sync_beat_jobs(runtime: Runtime, identity: ObjectIdentity, plan: BeatPlan, n
     return state
 
 
-def beat_condition(identity: ObjectIdentity, spec: TaskQueueSpec, plan: BeatPlan,
-                   children: Mapping[ChildKey, Manifest], state: BeatState | None,
-                   state_problem: str | None) -> tuple[str, str, str] | None:
+def beat_condition(identity: ObjectIdentity, spec: TaskQueueSpec, plan: BeatPlan, children: Children,
+                   state: BeatState | None, state_problem: str | None,
+                   failures: Mapping[str, PodFailure] | None = None) -> Condition | None:
     """BeatReady: only while PeriodicJobs refer to the TaskQueue."""
     if not plan.referred:
         return None
     name = naming.beat_name(identity.name)
-    deployment = children.get(("apps/v1", "Deployment", name))
+    for deployment in (name, naming.beat_state_name(identity.name)):
+        if deployment in (failures or {}):
+            return Condition.false(BeatReady.TYPE, BeatReady.POD_FAILING, (failures or {})[deployment].describe())
+    deployment = children.deployment(name)
     if deployment is None:
-        return "False", "BeatNotAvailable", f"waiting for {name} (not created)"
-    desired, ready, settled = _deployment_ready(deployment)
-    if not settled:
-        return "False", "BeatNotAvailable", f"waiting for {name} ({ready}/{desired} ready)"
+        return Condition.false(BeatReady.TYPE, BeatReady.NOT_AVAILABLE, f"waiting for {name} (not created)")
+    rollout = Rollout.of(deployment)
+    if not rollout.settled:
+        return Condition.false(BeatReady.TYPE, BeatReady.NOT_AVAILABLE, f"waiting for {name} ({rollout.describe()})")
     if spec.beat.custom_scheduler:
-        return ("True", "CustomScheduler",
-                f"{name} runs spec.beat.scheduler ({spec.beat.scheduler}); PeriodicJobs are not sent by it")
+        return Condition.true(BeatReady.TYPE, BeatReady.CUSTOM_SCHEDULER,
+                              f"{name} runs spec.beat.scheduler ({spec.beat.scheduler}); "
+                              "PeriodicJobs are not sent by it")
     if state is None:
-        return "False", "BeatStateUnreachable", state_problem or "the beat's schedule state cannot be read"
+        return Condition.false(BeatReady.TYPE, BeatReady.STATE_UNREACHABLE,
+                               state_problem or "the beat's schedule state cannot be read")
     if state.heartbeat is None:
-        return "False", "BeatNotRunning", f"{name} has not reported (its heartbeat expired or never came)"
+        return Condition.false(BeatReady.TYPE, BeatReady.NOT_RUNNING,
+                               f"{name} has not reported (its heartbeat expired or never came)")
     leader = state.heartbeat.get("instance")
-    return "True", "BeatRunning", (f"{name}{f' ({leader})' if leader else ''} sends the schedule of "
-                                   f"{len(plan.jobs)} PeriodicJob(s)")
+    return Condition.true(BeatReady.TYPE, BeatReady.RUNNING, f"{name}{f' ({leader})' if leader else ''} sends the "
+                                                             f"schedule of {len(plan.jobs)} PeriodicJob(s)")
 
 
-# --- the whole pass --------------------------------------------------------------------------
+def _beat_state(runtime: Runtime, identity: ObjectIdentity, plan: BeatPlan, broker: Condition, broker_url: str,
+                children: Children, now: float) -> tuple[BeatState | None, str | None]:
+    """The beat's state after syncing its jobs, or why it could not be read. Synced while a beat is
+    wanted, and once more after it went, to take the jobs out."""
+    if plan.location is None or (plan.options is None and not children.of_component(naming.BEAT)):
+        return None, None
+    if plan.location.url == broker_url and not broker.is_true:
+        return None, f"the beat's schedule lives on the broker: {broker.message}"
+    try:
+        return sync_beat_jobs(runtime, identity, plan, now), None
+    except BrokerUnavailable as error:
+        return None, str(error)
 
-def converge(runtime: Runtime, body: Mapping[str, Any], observed: Mapping[ChildKey, Manifest],
+
+# --- the whole pass -------------------------------------------------------------------------------
+
+def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
              referring: Sequence[Mapping[str, Any]] = (), now: float | None = None) -> Verdict:
     identity = ObjectIdentity.from_body(body)
     try:
         validate_taskqueue_name(identity.name)
         spec = TaskQueueSpec.parse(body.get("spec"))
     except SpecError as error:
-        return Verdict(broker=None, workers=None, blocked=Blocked("InvalidSpec", str(error)))
+        return Verdict.of_blocked(Blocked(Ready.INVALID_SPEC, str(error)))
+    settings = runtime.settings
+    images = builders.DefaultImages(beat=settings.beat_image, redis=settings.redis_image, flower=settings.flower_image)
     try:
-        observed = _with_live_secret(runtime.kube, identity, observed, naming.broker_name(identity.name))
-        access = broker_access(runtime.kube, identity, spec,
-                               observed.get(("v1", "Secret", naming.broker_name(identity.name))))
+        observed = with_own_secret(runtime, identity, observed, naming.broker_name(identity.name))
+        access = broker_access(runtime, identity, spec, observed)
         beat = plan_beat(runtime, identity, spec, access, referring, observed)
-        desired = builders.desired_children(identity, spec, broker_password=access.password,
+        desired = builders.desired_children(identity, spec, images=images, broker_password=access.password,
                                             external_broker_url=access.external_url, beat=beat.options)
-        live = resolve_live_children(runtime.kube, identity, desired, observed)
+        live = resolve_live_children(runtime, identity, desired, observed)
         children = apply_children(runtime, identity, spec, desired, live)
-        for name in delete_unwanted(runtime.kube, identity, desired, observed):
+        for name in delete_unwanted(runtime, identity, desired, observed):
             logger.info("deleted %s in %s: no longer in the spec", name, identity.namespace)
     except Blocked as blocked:
-        return Verdict(broker=None, workers=None, blocked=blocked)
-    broker = broker_condition(runtime, identity, spec, access, children)
-    state, problem = None, None
-    if beat.state_url is not None and (beat.options is not None or _has_beat_children(observed)):
-        if beat.state_url == access.url and broker[0] != "True":
-            problem = f"the beat's schedule lives on the broker: {broker[2]}"
-        else:
-            try:
-                state = sync_beat_jobs(runtime, identity, beat, time.time() if now is None else now)
-            except BrokerUnavailable as error:
-                problem = str(error)
+        return Verdict.of_blocked(blocked)
+    failures = pod_failures(runtime, identity, children)
+    broker = broker_condition(runtime, identity, spec, access, children, failures)
+    state, problem = _beat_state(runtime, identity, beat, broker, access.url, observed,
+                                 time.time() if now is None else now)
     return Verdict(
         broker=broker,
-        workers=workers_condition(identity, spec, children),
+        workers=workers_condition(identity, spec, children, failures),
         blocked=None,
         queues=queue_statuses(identity, spec, children),
-        beat=beat_condition(identity, spec, beat, children, state, problem),
+        beat=beat_condition(identity, spec, beat, children, state, problem, failures),
+        flower=flower_condition(identity, spec, failures),
     )
 
 
@@ -482,11 +458,8 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
     `referring`: the PeriodicJobs whose spec.taskQueueRef names this TaskQueue.
     """
     identity = ObjectIdentity.from_body(body)
-    observed_by_key = {child_key(item): item for item in observed}
-    moment = now or _now()
+    moment = now or datetime.datetime.now(datetime.timezone.utc)
     with runtime.lock_for(identity.uid):
-        verdict = converge(runtime, body, observed_by_key, list(referring), moment.timestamp())
-        report(runtime, body, identity, verdict, moment)
-
-
-__all__ = ["Blocked", "Runtime", "reconcile_taskqueue", "KubeError"]
+        verdict = converge(runtime, body, Children(observed), list(referring), moment.timestamp())
+        publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),
+                runtime.settings.field_manager, EVENTS)

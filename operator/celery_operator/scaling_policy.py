@@ -1,4 +1,5 @@
-"""The scaling decision: how many workers a queue should have. Pure: no I/O, no clock reads.
+"""The scaling policy: how many workers a queue should have. Pure: no I/O, no clock reads (the I/O
+tick that applies it is scaler.py).
 
 One call per autoscaled queue and scaler tick::
 

@@ -1,27 +1,23 @@
-"""The operator's settings, read once from CELERY_OPERATOR_* environment variables, and the one
-kopf startup hook that configures kopf and builds the runtime the handlers use."""
+"""The operator's settings, read from CELERY_OPERATOR_* environment variables. Nothing else."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
-import kopf
+from . import naming
 
-from . import metrics, naming
-
-ENV_PREFIX = "CELERY_OPERATOR_"
+ENV_PREFIX: Final = "CELERY_OPERATOR_"
 
 
 @dataclass(frozen=True)
-class OperatorSettings:
+class Settings:
     """Every knob, with its environment variable: CELERY_OPERATOR_<FIELD NAME IN UPPER CASE>."""
 
-    # how often each TaskQueue is reconciled with nothing changed (drift, readiness, broker health)
+    # how often each TaskQueue and PeriodicJob is reconciled with nothing changed (drift, readiness,
+    # broker health); a failed pass is retried after the same period
     resync_seconds: float = 10.0
     # the longest a single broker or API request may take
     broker_timeout_seconds: float = 2.0
@@ -29,15 +25,19 @@ class OperatorSettings:
     # server-side apply field managers: the reconciler's and the scaler's (replicas of autoscaled workers)
     field_manager: str = naming.FIELD_MANAGER
     scaler_field_manager: str = f"{naming.FIELD_MANAGER}-scaler"
-    # the image of every TaskQueue's beat pod (`python -m celery_operator.beat`): the operator's own
+    # the images the operator runs when a TaskQueue names none: every beat pod (`python -m
+    # celery_operator.beat`, the operator's own image), the managed Redis (and the beat-state
+    # Redis of AMQP brokers), Flower; a TaskQueue's spec.broker.managed.image and spec.flower.image win
     beat_image: str = "ghcr.io/celery-operator/celery-operator:0.1.0"
+    redis_image: str = "redis:7.4-alpine"
+    flower_image: str = "mher/flower:2.0"
     # the Prometheus /metrics port (0 = off) and the address it listens on
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"
     log_level: str = "INFO"
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> "OperatorSettings":
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for item in fields(cls):
@@ -60,37 +60,3 @@ def _convert(name: str, raw: str, kind: type) -> Any:
         return kind(raw)
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
-
-
-@lru_cache(maxsize=1)
-def load() -> OperatorSettings:
-    return OperatorSettings.from_environment()
-
-
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """The one configuration hook: kopf's behaviour and the runtime shared by all handlers."""
-    from .runtime import Runtime  # the runtime opens API and broker clients: not at import time
-
-    ours = load()
-    logging.getLogger("celery_operator").setLevel(ours.log_level.upper())
-    # kopf would post an Event for every handler run; we post our own, on state changes only
-    settings.posting.enabled = False
-    # kopf's bookkeeping on our objects, under our own prefix
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=naming.GROUP, key="last-handled-configuration")
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.GROUP)
-    settings.persistence.finalizer = f"{naming.GROUP}/finalizer"
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.execution.max_workers = 16
-    memo.runtime = Runtime.create(ours)
-    metrics.serve(ours.metrics_port, ours.metrics_address)
-    logger.info("celery-operator configured: %s", ours)
-
-
-@kopf.on.cleanup()
-def close_runtime(memo: kopf.Memo, **_: Any) -> None:
-    runtime = getattr(memo, "runtime", None)
-    if runtime is not None:
-        runtime.close()

@@ -23,7 +23,7 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_operator.broker import ARRIVALS_CLIENT
+from celery_operator.broker.arrivals import ARRIVALS_CLIENT
 from devcluster.ports import free_port
 from tests.helpers.broker_app import HOLD
 from tests.helpers.processes import (

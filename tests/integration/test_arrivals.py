@@ -11,7 +11,7 @@ import celery
 import pytest
 import redis
 
-from celery_operator.broker import ArrivalWatcher
+from celery_operator.broker.arrivals import ArrivalWatcher
 from tests.helpers.brokers import arrival_subscriptions
 from tests.helpers.waiting import wait_for
 

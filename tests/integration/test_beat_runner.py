@@ -23,9 +23,9 @@ import redis
 
 from celery_operator import naming
 from celery_operator.beat.jobs import encode_entry, job_entry, split_task_id
-from celery_operator.beat.runner import Beat, StateStore
+from celery_operator.beat.runner import Beat
 from celery_operator.beat.schedule import parse_slot
-from celery_operator.broker import read_beat_state, write_beat_jobs
+from celery_operator.beat.state import BeatState, BeatStateStore, BeatStore, StateLocation
 from celery_operator.models import PeriodicJobSpec
 
 from tests.helpers.brokers import REDIS_PASSWORD, RedisBroker
@@ -52,9 +52,27 @@ def put_job(url: str, name: str, active_since: float, queue: str = "beat-it", **
     parsed = PeriodicJobSpec.parse({k: v for k, v in definition.items() if v is not None})
     text = encode_entry(job_entry(parsed, uid=f"uid-{name}", generation=1, task_queue_uid="tq-uid",
                                   previous=None, now=active_since))
-    current = read_beat_state(url, PREFIX, name=name).jobs.get(name)
-    assert write_beat_jobs(url, PREFIX, {name: (current, text)}, {}) == []
+    current = read_state(url, name).jobs.get(name)
+    assert write_jobs(url, {name: (current, text)}, {}) == []
     return text
+
+
+def read_state(url: str, name: str | None = None) -> BeatState:
+    """The state as the operator reads it."""
+    store = BeatStateStore()
+    try:
+        return store.read(StateLocation(url, PREFIX), name)
+    finally:
+        store.close()
+
+
+def write_jobs(url: str, upserts: dict[str, tuple[str | None, str]], removals: dict[str, str | None]) -> list[str]:
+    """Compare-and-set `jobs` as the operator does."""
+    store = BeatStateStore()
+    try:
+        return store.write_jobs(StateLocation(url, PREFIX), upserts, removals)
+    finally:
+        store.close()
 
 
 class Clock:
@@ -82,7 +100,7 @@ class Recorder:
 
 
 def beat(url: str, send: Recorder, clock: Clock, **options: Any) -> Beat:
-    return Beat(StateStore(url, PREFIX), send, namespace=NAMESPACE, clock=clock, **options)
+    return Beat(BeatStore(StateLocation(url, PREFIX)), send, namespace=NAMESPACE, clock=clock, **options)
 
 
 # --- in process ----------------------------------------------------------------------------------
@@ -101,8 +119,8 @@ def test_slots_after_active_since_are_sent_once_with_deterministic_ids(broker: R
     assert runner.step() == pytest.approx(0.1), "wake up right at the next slot"
     runner.step()
     assert len(sent.sent) == 1, "a slot is never sent twice"
-    assert read_beat_state(broker.url, PREFIX).fired == {"every-2s": str(int(T0 + 2))}
-    assert read_beat_state(broker.url, PREFIX).heartbeat["instance"] == runner.instance
+    assert read_state(broker.url).fired == {"every-2s": str(int(T0 + 2))}
+    assert read_state(broker.url).heartbeat["instance"] == runner.instance
 
 
 def test_two_beats_contending_never_send_the_same_slot(broker: RedisBroker) -> None:
@@ -169,7 +187,7 @@ def test_catch_up_is_capped(broker: RedisBroker) -> None:
 
 def test_a_changed_suspended_or_removed_job_is_not_sent_from_a_stale_read(broker: RedisBroker) -> None:
     text = put_job(broker.url, "every-2s", active_since=T0)
-    store = StateStore(broker.url, PREFIX)
+    store = BeatStore(StateLocation(broker.url, PREFIX))
     assert store.claim("every-2s", T0 + 2, text)[0] == 1
     assert store.claim("every-2s", T0 + 2, text)[0] == 0, "claimed once only"
     suspended = put_job(broker.url, "every-2s", active_since=T0, suspend=True)
@@ -177,8 +195,8 @@ def test_a_changed_suspended_or_removed_job_is_not_sent_from_a_stale_read(broker
     clock, sent = Clock(T0 + 10), Recorder()
     beat(broker.url, sent, clock).step()
     assert sent.sent == [], "suspended"
-    assert write_beat_jobs(broker.url, PREFIX, {}, {"every-2s": suspended}) == []
-    assert read_beat_state(broker.url, PREFIX).fired == {}, "a removed job's fired goes with it"
+    assert write_jobs(broker.url, {}, {"every-2s": suspended}) == []
+    assert read_state(broker.url).fired == {}, "a removed job's fired goes with it"
 
 
 def test_a_failed_send_is_given_back_and_retried(broker: RedisBroker, caplog: pytest.LogCaptureFixture) -> None:
@@ -187,7 +205,7 @@ def test_a_failed_send_is_given_back_and_retried(broker: RedisBroker, caplog: py
     sent.failures = 1
     runner = beat(broker.url, sent, clock, secrets=(f"redis://:{REDIS_PASSWORD}@nowhere",))
     runner.step()
-    assert sent.sent == [] and read_beat_state(broker.url, PREFIX).fired == {}, "the claim was undone"
+    assert sent.sent == [] and read_state(broker.url).fired == {}, "the claim was undone"
     runner.step()
     assert [slot for _, slot, _ in sent.sent] == [T0 + 2]
     assert "sending run" in caplog.text and REDIS_PASSWORD not in caplog.text

@@ -1,5 +1,5 @@
-"""broker.py against real brokers and real Celery workers: a password-protected redis-server and a
-RabbitMQ node started by the test, workers named the operator's way (`<queue>@<pod>`, concurrency
+"""The broker package against real brokers and real Celery workers: a password-protected
+redis-server and a RabbitMQ node started by the test, workers named the operator's way (`<queue>@<pod>`, concurrency
 2, prefetch multiplier 1) running tasks the test holds and releases (tests/helpers/broker_app.py).
 """
 
@@ -14,17 +14,10 @@ from pathlib import Path
 import kombu
 import pytest
 import redis
-from celery_operator.broker import (
-    AmqpDepthReader,
-    BrokerUnavailable,
-    HeartbeatMonitor,
-    HeartbeatTable,
-    QueueDepth,
-    RedisDepthReader,
-    busy_workers,
-    depth_reader_for,
-    redact,
-)
+from celery_operator.broker.control import busy_workers
+from celery_operator.broker.depth import AmqpDepthReader, QueueDepth, RedisDepthReader, depth_reader_for
+from celery_operator.broker.heartbeats import HeartbeatMonitor, HeartbeatTable
+from celery_operator.broker.urls import BrokerUnavailable, redact
 
 from tests.helpers import brokers
 from tests.helpers.brokers import (

@@ -16,6 +16,7 @@ from celery_operator import builders, conditions, periodicjobs, reconcile
 from celery_operator.beat.jobs import (
     DesiredJob,
     decode_entry,
+    desired_jobs,
     encode_entry,
     format_fired,
     job_entry,
@@ -33,7 +34,10 @@ from celery_operator.beat.schedule import (
     parse_schedule,
     parse_slot,
 )
+from celery_operator.beat.state import BeatState, StateLocation
 from celery_operator.builders.beat import BeatOptions, build_beat, custom_beat_command
+from celery_operator.children import Children
+from celery_operator.conditions import Condition
 from celery_operator.models import ObjectIdentity, PeriodicJobSpec, SpecError, parse_taskqueue_spec
 
 pytestmark = pytest.mark.unit
@@ -326,6 +330,7 @@ TQ_SPEC = {"image": "ghcr.io/acme/shop:1.4.2", "app": "myproject", "queues": [{"
            "pod": {"nodeSelector": {"pool": "celery"}, "labels": {"team": "a"}},
            "beat": {"resources": {"requests": {"cpu": "50m"}}}}
 IMAGE = "registry.example.com/celery-operator:9.9"
+IMAGES = builders.DefaultImages(beat=IMAGE, redis="redis:7.4-alpine", flower="mher/flower:2.0")
 STATE_PASSWORD = "st4te-pw-not-in-manifests"
 
 
@@ -341,7 +346,7 @@ def by_name(manifests: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
 
 def test_the_operators_beat_deployment() -> None:
     spec = tq_spec(broker={"url": "redis://redis.shared:6379/0"})
-    (beat,) = build_beat(OWNER, spec, BeatOptions(custom=False, image=IMAGE))
+    (beat,) = build_beat(OWNER, spec, BeatOptions(custom=False), IMAGES)
     assert (beat["kind"], beat["metadata"]["name"]) == ("Deployment", "shop-beat")
     labels = beat["metadata"]["labels"]
     assert labels == {"app.kubernetes.io/name": "celery", "app.kubernetes.io/instance": "shop",
@@ -375,8 +380,8 @@ def test_the_operators_beat_deployment() -> None:
 
 def test_an_amqp_broker_gets_a_state_redis_with_its_own_selector() -> None:
     spec = tq_spec(broker={"urlSecretRef": {"name": "rabbit", "key": "url"}})
-    manifests = by_name(build_beat(OWNER, spec, BeatOptions(custom=False, image=IMAGE, state="managed",
-                                                            state_password=STATE_PASSWORD)))
+    manifests = by_name(build_beat(OWNER, spec, BeatOptions(custom=False, state="managed",
+                                                            state_password=STATE_PASSWORD), IMAGES))
     assert set(manifests) == {("Secret", "shop-beat-state"), ("Deployment", "shop-beat-state"),
                               ("Service", "shop-beat-state"), ("Deployment", "shop-beat")}
     secret = manifests[("Secret", "shop-beat-state")]
@@ -400,13 +405,13 @@ def test_an_amqp_broker_gets_a_state_redis_with_its_own_selector() -> None:
     everything_but_the_secret = json.dumps([m for k, m in manifests.items() if k[0] != "Secret"])
     assert STATE_PASSWORD not in everything_but_the_secret and "redis://" not in everything_but_the_secret
     with pytest.raises(ValueError):
-        build_beat(OWNER, spec, BeatOptions(custom=False, image=IMAGE, state="managed"))
+        build_beat(OWNER, spec, BeatOptions(custom=False, state="managed"), IMAGES)
 
 
 def test_a_custom_scheduler_runs_celery_beat_from_the_app_image() -> None:
     spec = tq_spec(beat={"scheduler": "django_celery_beat.schedulers:DatabaseScheduler"},
                    resultBackend={"url": "rpc://"})
-    (beat,) = build_beat(OWNER, spec, BeatOptions(custom=True, image=IMAGE))
+    (beat,) = build_beat(OWNER, spec, BeatOptions(custom=True), IMAGES)
     pod_spec = beat["spec"]["template"]["spec"]
     (container,) = pod_spec["containers"]
     assert container["command"] == custom_beat_command("myproject", "django_celery_beat.schedulers:DatabaseScheduler")
@@ -422,9 +427,9 @@ def test_a_custom_scheduler_runs_celery_beat_from_the_app_image() -> None:
 
 def test_desired_children_include_the_beat_only_when_asked() -> None:
     spec = tq_spec(broker={"url": "redis://redis.shared:6379/0"})
-    without = by_name(builders.desired_children(OWNER, spec))
+    without = by_name(builders.desired_children(OWNER, spec, images=IMAGES))
     assert ("Deployment", "shop-beat") not in without
-    with_beat = by_name(builders.desired_children(OWNER, spec, beat=BeatOptions(custom=False, image=IMAGE)))
+    with_beat = by_name(builders.desired_children(OWNER, spec, images=IMAGES, beat=BeatOptions(custom=False)))
     assert set(with_beat) - set(without) == {("Deployment", "shop-beat")}
 
 
@@ -434,9 +439,10 @@ NOW = datetime.datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 IDENTITY = ObjectIdentity(name="shop", namespace="ns", uid="u1", generation=3)
 
 
-def verdict(beat: tuple[str, str, str] | None, blocked: reconcile.Blocked | None = None) -> reconcile.Verdict:
-    ok = ("True", "Fine", "ok")
-    return reconcile.Verdict(broker=None if blocked else ok, workers=None if blocked else ok, blocked=blocked,
+def verdict(beat: Condition | None, blocked: reconcile.Blocked | None = None) -> reconcile.Verdict:
+    broker = Condition.true("BrokerReady", "Fine", "ok")
+    workers = Condition.true("WorkersReady", "Fine", "ok")
+    return reconcile.Verdict(broker=None if blocked else broker, workers=None if blocked else workers, blocked=blocked,
                              queues=None if blocked else [{"name": "a", "replicas": 1, "readyReplicas": 1}],
                              beat=beat)
 
@@ -446,14 +452,16 @@ def kinds(status: dict[str, Any]) -> dict[str, str]:
 
 
 def test_beat_ready_is_part_of_ready_and_goes_when_no_periodicjob_refers() -> None:
-    running = reconcile.compose_status({"status": {}}, IDENTITY, verdict(("True", "BeatRunning", "ok")), NOW)
+    beat_running = Condition.true("BeatReady", "BeatRunning", "ok")
+    running = reconcile.compose_status({"status": {}}, IDENTITY, verdict(beat_running), NOW)
     assert kinds(running) == {"BrokerReady": "True", "WorkersReady": "True", "BeatReady": "True", "Ready": "True"}
-    down = reconcile.compose_status({"status": running}, IDENTITY, verdict(("False", "BeatNotRunning", "no")), NOW)
+    beat_down = Condition.false("BeatReady", "BeatNotRunning", "no")
+    down = reconcile.compose_status({"status": running}, IDENTITY, verdict(beat_down), NOW)
     assert kinds(down)["Ready"] == "False"
     assert conditions.get_condition(down["conditions"], "Ready")["reason"] == "BeatNotRunning"
     gone = reconcile.compose_status({"status": down}, IDENTITY, verdict(None), NOW)
     assert "BeatReady" not in kinds(gone) and kinds(gone)["Ready"] == "True"
-    assert reconcile.status_changed(down, gone)
+    assert reconcile.STATUS.changed(down, gone)
     blocked = reconcile.compose_status({"status": down}, IDENTITY,
                                        verdict(None, reconcile.Blocked("NameConflict", "x")), NOW)
     assert kinds(blocked)["BeatReady"] == "False", "a blocked pass restates BeatReady"
@@ -461,18 +469,18 @@ def test_beat_ready_is_part_of_ready_and_goes_when_no_periodicjob_refers() -> No
 
 def test_periodicjob_status_restates_times_it_cannot_read_and_writes_only_changes() -> None:
     body = {"metadata": {"name": "j", "generation": 2}, "status": {}}
-    ok = periodicjobs.Outcome(("True", "Scheduled", "sent"), known=True, last="2026-11-24T07:59:58Z",
+    ok = periodicjobs.Outcome(Condition.true("Ready", "Scheduled", "sent"), known=True, last="2026-11-24T07:59:58Z",
                               next="2026-11-24T08:00:00Z")
     status = periodicjobs.compose_status(body, ok, NOW)
     assert status["observedGeneration"] == 2 and status["lastScheduleTime"] == "2026-11-24T07:59:58Z"
     assert conditions.get_condition(status["conditions"], "Ready")["observedGeneration"] == 2
-    assert not periodicjobs.status_changed(status, periodicjobs.compose_status({**body, "status": status}, ok, NOW))
-    unknown = periodicjobs.Outcome(("False", "BeatNotRunning", "unreachable"))
+    assert not periodicjobs.STATUS.changed(status, periodicjobs.compose_status({**body, "status": status}, ok, NOW))
+    unknown = periodicjobs.Outcome(Condition.false("Ready", "BeatNotRunning", "unreachable"))
     restated = periodicjobs.compose_status({**body, "status": status}, unknown, NOW)
     assert (restated["lastScheduleTime"], restated["nextScheduleTime"]) == (ok.last, ok.next)
-    suspended = periodicjobs.Outcome(("True", "Suspended", "s"), known=True, last=ok.last, next=None)
+    suspended = periodicjobs.Outcome(Condition.true("Ready", "Suspended", "s"), known=True, last=ok.last, next=None)
     without_next = periodicjobs.compose_status({**body, "status": status}, suspended, NOW)
-    assert "nextScheduleTime" not in without_next and periodicjobs.status_changed(status, without_next)
+    assert "nextScheduleTime" not in without_next and periodicjobs.STATUS.changed(status, without_next)
 
 
 def test_desired_jobs_keep_only_valid_periodicjobs() -> None:
@@ -481,30 +489,31 @@ def test_desired_jobs_keep_only_valid_periodicjobs() -> None:
         return {"metadata": {"name": name, "uid": f"uid-{name}", "generation": 1},
                 "spec": {k: v for k, v in merged.items() if v is not None}}
 
-    jobs = periodicjobs.desired_jobs([body("ok"), body("zone", interval=None, schedule="0 3 * * *",
+    jobs = desired_jobs([body("ok"), body("zone", interval=None, schedule="0 3 * * *",
                                                           timeZone="Nowhere/Land"),
                                       body("cron", interval=None, schedule="0 0 31 2 *")])
     assert list(jobs) == ["ok"] and jobs["ok"].uid == "uid-ok"
 
 
 def test_beat_ready_follows_the_deployment_and_the_heartbeat() -> None:
-    from celery_operator.broker import BeatState
-
     spec = tq_spec(broker={"url": "redis://redis.shared:6379/0"})
     jobs = {"a": DesiredJob("a", pj(), "uid-a", 1)}
-    plan = reconcile.BeatPlan(options=BeatOptions(custom=False, image=IMAGE), jobs=jobs, referred=True,
-                              state_url="redis://redis.shared:6379/0")
+    plan = reconcile.BeatPlan(options=BeatOptions(custom=False), jobs=jobs, referred=True,
+                              location=StateLocation("redis://redis.shared:6379/0",
+                                                     "celery-operator:beat:{prod/shop}:"))
     available = {"metadata": {"generation": 2}, "spec": {"replicas": 1},
                  "status": {"observedGeneration": 2, "updatedReplicas": 1, "availableReplicas": 1, "readyReplicas": 1}}
-    children = {("apps/v1", "Deployment", "shop-beat"): available}
+    children = Children({("apps/v1", "Deployment", "shop-beat"): available})
     alive = BeatState(jobs={}, fired={}, heartbeat={"instance": "shop-beat-7d9-x2v"})
 
     def condition(**changes: Any) -> tuple[str, str, str] | None:
         arguments = dict(plan=plan, children=children, state=alive, problem=None, spec=spec) | changes
-        return reconcile.beat_condition(OWNER, arguments["spec"], arguments["plan"], arguments["children"],
-                                        arguments["state"], arguments["problem"])
+        found = reconcile.beat_condition(OWNER, arguments["spec"], arguments["plan"], Children(arguments["children"]),
+                                         arguments["state"], arguments["problem"])
+        return None if found is None else (found.status, found.reason, found.message)
 
-    assert condition() == ("True", "BeatRunning", "shop-beat (shop-beat-7d9-x2v) sends the schedule of 1 PeriodicJob(s)")
+    assert condition() == ("True", "BeatRunning",
+                           "shop-beat (shop-beat-7d9-x2v) sends the schedule of 1 PeriodicJob(s)")
     assert condition(plan=reconcile.BeatPlan(None, {}, False, None)) is None, "no PeriodicJob refers: no BeatReady"
     assert condition(children={})[:2] == ("False", "BeatNotAvailable")
     rolling = {**available, "status": {**available["status"], "availableReplicas": 0, "readyReplicas": 0}}

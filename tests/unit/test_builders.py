@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 
 from celery_operator import builders, naming
+from celery_operator.builders.broker import build_broker_pvc, build_managed_broker
+from celery_operator.builders.flower import build_flower
+from celery_operator.builders.secret import build_broker_secret, managed_broker_url
 from celery_operator.builders.worker import build_worker_deployment, worker_command
+from celery_operator.children import child_key, decode_secret_value
 from celery_operator.models import ObjectIdentity, TaskQueueSpec, parse_taskqueue_spec
 
 pytestmark = pytest.mark.unit
@@ -16,6 +20,8 @@ pytestmark = pytest.mark.unit
 OWNER = ObjectIdentity(name="shop", namespace="prod", uid="11111111-2222-3333-4444-555555555555", generation=3)
 PASSWORD = "Zq8nC1pW0rD-not-in-manifests"
 EXTERNAL_URL = "rediss://:ext-pa55word@redis.example.com:6380/2"
+IMAGES = builders.DefaultImages(beat="ghcr.io/celery-operator/celery-operator:0.1.0", redis="redis:7.4-alpine",
+                                flower="mher/flower:2.0")
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/acme/shop:1.4.2",
@@ -203,7 +209,7 @@ def decoded(secret: dict[str, Any]) -> dict[str, str]:
 
 
 def test_managed_broker_secret() -> None:
-    secret = builders.build_broker_secret(OWNER, parse().broker, password=PASSWORD)
+    secret = build_broker_secret(OWNER, parse().broker, password=PASSWORD)
     assert secret["kind"] == "Secret"
     assert secret["metadata"]["name"] == "shop-broker"
     assert secret["type"] == "Opaque"
@@ -215,37 +221,37 @@ def test_managed_broker_secret() -> None:
 
 
 def test_managed_broker_url_escapes_the_password() -> None:
-    assert builders.managed_broker_url("shop", "prod", "a/b@c") == "redis://:a%2Fb%40c@shop-broker.prod.svc:6379/0"
+    assert managed_broker_url("shop", "prod", "a/b@c") == "redis://:a%2Fb%40c@shop-broker.prod.svc:6379/0"
 
 
 def test_managed_broker_needs_a_password() -> None:
     with pytest.raises(ValueError):
-        builders.build_broker_secret(OWNER, parse().broker)
+        build_broker_secret(OWNER, parse().broker)
 
 
 def test_external_url_broker_secret() -> None:
     spec = parse(broker={"url": "redis://redis.shared:6379/0"})
-    assert decoded(builders.build_broker_secret(OWNER, spec.broker)) == {"url": "redis://redis.shared:6379/0"}
+    assert decoded(build_broker_secret(OWNER, spec.broker)) == {"url": "redis://redis.shared:6379/0"}
 
 
 def test_secret_ref_broker_secret_carries_the_url_read_by_the_reconciler() -> None:
     spec = parse(broker={"urlSecretRef": {"name": "ext", "key": "url"}})
-    assert decoded(builders.build_broker_secret(OWNER, spec.broker, external_url=EXTERNAL_URL)) == {
+    assert decoded(build_broker_secret(OWNER, spec.broker, external_url=EXTERNAL_URL)) == {
         "url": EXTERNAL_URL}
     with pytest.raises(ValueError):
-        builders.build_broker_secret(OWNER, spec.broker)
+        build_broker_secret(OWNER, spec.broker)
 
 
 def test_decode_secret_value() -> None:
-    secret = builders.build_broker_secret(OWNER, parse().broker, password=PASSWORD)
-    assert builders.decode_secret_value(secret, "password") == PASSWORD
-    assert builders.decode_secret_value(secret, "missing") is None
+    secret = build_broker_secret(OWNER, parse().broker, password=PASSWORD)
+    assert decode_secret_value(secret, "password") == PASSWORD
+    assert decode_secret_value(secret, "missing") is None
 
 
 def test_managed_redis_without_persistence() -> None:
     spec = parse()
     assert spec.broker.managed is not None
-    manifests = by_key(builders.build_managed_broker(OWNER, spec.broker.managed))
+    manifests = by_key(build_managed_broker(OWNER, spec.broker.managed, IMAGES.redis))
     assert set(manifests) == {("Deployment", "shop-broker"), ("Service", "shop-broker")}
     deployment = manifests[("Deployment", "shop-broker")]
     assert deployment["spec"]["replicas"] == 1
@@ -286,7 +292,7 @@ def test_managed_redis_with_persistence() -> None:
     spec = parse(broker={"managed": {"image": "redis:7.2", "resources": {"limits": {"memory": "256Mi"}},
                                      "persistence": {"size": "5Gi", "storageClassName": "fast"}}})
     assert spec.broker.managed is not None
-    manifests = by_key(builders.build_managed_broker(OWNER, spec.broker.managed))
+    manifests = by_key(build_managed_broker(OWNER, spec.broker.managed, IMAGES.redis))
     pvc = manifests[("PersistentVolumeClaim", "shop-broker")]
     assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
                            "storageClassName": "fast"}
@@ -303,7 +309,7 @@ def test_managed_redis_with_persistence() -> None:
 def test_pvc_without_storage_class_leaves_it_to_the_cluster() -> None:
     spec = parse(broker={"managed": {"persistence": {"size": "1Gi", "storageClassName": ""}}})
     assert spec.broker.managed is not None
-    pvc = builders.build_broker_pvc(OWNER, spec.broker.managed)
+    pvc = build_broker_pvc(OWNER, spec.broker.managed)
     assert pvc is not None and "storageClassName" not in pvc["spec"]
 
 
@@ -311,12 +317,12 @@ def test_pvc_without_storage_class_leaves_it_to_the_cluster() -> None:
 
 
 def test_flower_only_when_enabled() -> None:
-    assert builders.build_flower(OWNER, parse()) == []
+    assert build_flower(OWNER, parse(), IMAGES.flower) == []
 
 
 def test_flower() -> None:
     spec = parse(flower={"enabled": True, "resources": {"requests": {"cpu": "50m"}}})
-    manifests = by_key(builders.build_flower(OWNER, spec))
+    manifests = by_key(build_flower(OWNER, spec, IMAGES.flower))
     deployment = manifests[("Deployment", "shop-flower")]
     flower = container(deployment)
     assert flower["image"] == "mher/flower:2.0"
@@ -348,8 +354,8 @@ def all_variants() -> list[tuple[TaskQueueSpec, dict[str, str]]]:
 
 def test_desired_children_for_a_managed_broker() -> None:
     spec, arguments = all_variants()[0]
-    children = builders.desired_children(OWNER, spec, **arguments)
-    assert [builders.child_key(c) for c in children] == [
+    children = builders.desired_children(OWNER, spec, images=IMAGES, **arguments)
+    assert [child_key(c) for c in children] == [
         ("v1", "Secret", "shop-broker"),
         ("apps/v1", "Deployment", "shop-broker"),
         ("v1", "Service", "shop-broker"),
@@ -359,12 +365,12 @@ def test_desired_children_for_a_managed_broker() -> None:
         ("apps/v1", "Deployment", "shop-flower"),
         ("v1", "Service", "shop-flower"),
     ]
-    assert {(c["apiVersion"], c["kind"]) for c in children} <= set(builders.OWNED_KINDS)
 
 
 def test_desired_children_for_an_external_broker_have_no_redis() -> None:
     spec, arguments = all_variants()[1]
-    names = {(c["kind"], c["metadata"]["name"]) for c in builders.desired_children(OWNER, spec, **arguments)}
+    children = builders.desired_children(OWNER, spec, images=IMAGES, **arguments)
+    names = {(c["kind"], c["metadata"]["name"]) for c in children}
     assert names == {("Secret", "shop-broker"), ("Deployment", "shop-worker-high-priority"),
                      ("Deployment", "shop-worker-low-priority"), ("Deployment", "shop-flower"),
                      ("Service", "shop-flower")}
@@ -373,7 +379,7 @@ def test_desired_children_for_an_external_broker_have_no_redis() -> None:
 @pytest.mark.parametrize("variant", [0, 1])
 def test_every_child_is_labelled_and_owned(variant: int) -> None:
     spec, arguments = all_variants()[variant]
-    for child in builders.desired_children(OWNER, spec, **arguments):
+    for child in builders.desired_children(OWNER, spec, images=IMAGES, **arguments):
         metadata = child["metadata"]
         assert metadata["namespace"] == "prod"
         assert metadata["ownerReferences"] == [{
@@ -397,8 +403,8 @@ def test_every_child_is_labelled_and_owned(variant: int) -> None:
 def test_broker_url_and_password_appear_only_in_the_secret_data(variant: int) -> None:
     spec, arguments = all_variants()[variant]
     secrets = {PASSWORD, EXTERNAL_URL, "ext-pa55word",
-               builders.managed_broker_url("shop", "prod", PASSWORD)}
-    for child in builders.desired_children(OWNER, spec, **arguments):
+               managed_broker_url("shop", "prod", PASSWORD)}
+    for child in builders.desired_children(OWNER, spec, images=IMAGES, **arguments):
         text = json.dumps(child)
         for secret in secrets:
             assert secret not in text, f"{secret!r} in plain text in {child['kind']} {child['metadata']['name']}"
@@ -408,14 +414,14 @@ def test_broker_url_and_password_appear_only_in_the_secret_data(variant: int) ->
 
 def test_children_are_fresh_on_every_call() -> None:
     spec, arguments = all_variants()[0]
-    first = builders.desired_children(OWNER, spec, **arguments)
+    first = builders.desired_children(OWNER, spec, images=IMAGES, **arguments)
     first[4]["spec"]["template"]["spec"]["containers"][0]["env"].clear()
-    assert builders.desired_children(OWNER, spec, **arguments) != first
+    assert builders.desired_children(OWNER, spec, images=IMAGES, **arguments) != first
 
 
 def test_all_container_commands_are_exec_form_without_a_shell() -> None:
     spec, arguments = all_variants()[0]
-    for child in builders.desired_children(OWNER, spec, **arguments):
+    for child in builders.desired_children(OWNER, spec, images=IMAGES, **arguments):
         if child["kind"] != "Deployment":
             continue
         for c in child["spec"]["template"]["spec"]["containers"]:
@@ -423,9 +429,23 @@ def test_all_container_commands_are_exec_form_without_a_shell() -> None:
             assert not {"sh", "/bin/sh", "bash", "-c"} & set(c["command"])
 
 
+def test_operator_wide_images_apply_unless_the_taskqueue_names_its_own() -> None:
+    images = builders.DefaultImages(beat="local/operator:1", redis="local/redis:7", flower="local/flower:2")
+    defaults = parse(flower={"enabled": True})
+    own = parse(flower={"enabled": True, "image": "acme/flower:9"}, broker={"managed": {"image": "acme/redis:8"}})
+
+    def images_of(spec: TaskQueueSpec) -> dict[str, str]:
+        children = builders.desired_children(OWNER, spec, images=images, broker_password=PASSWORD)
+        return {c["metadata"]["name"]: container(c)["image"] for c in children if c["kind"] == "Deployment"
+                and c["metadata"]["name"] in ("shop-broker", "shop-flower")}
+
+    assert images_of(defaults) == {"shop-broker": "local/redis:7", "shop-flower": "local/flower:2"}
+    assert images_of(own) == {"shop-broker": "acme/redis:8", "shop-flower": "acme/flower:9"}
+
+
 def test_naming_constants_match_children() -> None:
     spec, arguments = all_variants()[0]
-    names = {c["metadata"]["name"] for c in builders.desired_children(OWNER, spec, **arguments)}
+    names = {c["metadata"]["name"] for c in builders.desired_children(OWNER, spec, images=IMAGES, **arguments)}
     assert naming.broker_name("shop") in names
     assert naming.flower_name("shop") in names
     assert naming.worker_name("shop", "high_priority") in names

@@ -13,10 +13,8 @@ T1 = T0 + timedelta(minutes=5)
 
 
 def ready(existing, status, *, reason="AllReady", message="ok", generation=1, now=T0):
-    return conditions.set_condition(
-        existing, type="Ready", status=status, reason=reason, message=message,
-        observed_generation=generation, now=now,
-    )
+    return conditions.set_condition(existing, conditions.Condition("Ready", status, reason, message),
+                                    observed_generation=generation, now=now)
 
 
 def test_new_condition_has_every_field() -> None:
@@ -44,8 +42,8 @@ def test_transition_time_moves_on_a_flip() -> None:
 
 
 def test_set_condition_returns_a_new_list_and_keeps_others() -> None:
-    broker = conditions.set_condition(
-        None, type="BrokerReady", status="True", reason="Reachable", message="", observed_generation=1, now=T0)
+    broker = conditions.set_condition(None, conditions.Condition("BrokerReady", "True", "Reachable", ""),
+                                      observed_generation=1, now=T0)
     before = [dict(c) for c in broker]
     both = ready(broker, "True")
     assert broker == before  # input untouched
@@ -56,8 +54,8 @@ def test_set_condition_returns_a_new_list_and_keeps_others() -> None:
 
 def test_replacing_keeps_position() -> None:
     existing = ready(None, "True")
-    existing = conditions.set_condition(
-        existing, type="WorkersReady", status="True", reason="Available", message="", observed_generation=1, now=T0)
+    existing = conditions.set_condition(existing, conditions.Condition("WorkersReady", "True", "Available", ""),
+                                        observed_generation=1, now=T0)
     updated = ready(existing, "False", reason="WorkersNotReady", now=T1)
     assert [c["type"] for c in updated] == ["Ready", "WorkersReady"]
     assert updated[0]["status"] == "False"
@@ -94,8 +92,8 @@ def test_get_and_is_true() -> None:
 
 def test_remove_condition() -> None:
     existing = ready(None, "True")
-    existing = conditions.set_condition(
-        existing, type="BeatReady", status="True", reason="Running", message="", observed_generation=1, now=T0)
+    existing = conditions.set_condition(existing, conditions.Condition("BeatReady", "True", "Running", ""),
+                                        observed_generation=1, now=T0)
     assert [c["type"] for c in conditions.remove_condition(existing, "BeatReady")] == ["Ready"]
 
 

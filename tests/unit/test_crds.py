@@ -16,6 +16,7 @@ import yaml
 
 from celery_operator import models
 from celery_operator.models import parse_periodicjob_spec, parse_taskqueue_spec
+from celery_operator.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -137,9 +138,7 @@ def test_periodicjob_printer_columns() -> None:
         ("spec.queues[].autoscaling.minReplicas", models.DEFAULT_MIN_REPLICAS),
         ("spec.autoscaling.pollIntervalSeconds", models.DEFAULT_POLL_INTERVAL_SECONDS),
         ("spec.autoscaling.scaleDownStabilizationSeconds", models.DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS),
-        ("spec.broker.managed.image", models.DEFAULT_REDIS_IMAGE),
         ("spec.flower.enabled", False),
-        ("spec.flower.image", models.DEFAULT_FLOWER_IMAGE),
         ("spec.beat.scheduler", ""),
     ],
 )
@@ -153,8 +152,16 @@ def test_model_defaults_are_the_documented_ones() -> None:
         models.DEFAULT_CONCURRENCY, models.DEFAULT_POOL, models.DEFAULT_PREFETCH_MULTIPLIER,
         models.DEFAULT_MAX_TASKS_PER_CHILD, models.DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
         models.DEFAULT_REPLICAS, models.DEFAULT_MIN_REPLICAS, models.DEFAULT_POLL_INTERVAL_SECONDS,
-        models.DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS, models.DEFAULT_REDIS_IMAGE, models.DEFAULT_FLOWER_IMAGE,
+        models.DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS, Settings().redis_image, Settings().flower_image,
     ) == (2, "prefork", 1, 0, 300, 1, 0, 2, 60, "redis:7.4-alpine", "mher/flower:2.0")
+
+
+@pytest.mark.parametrize("path", ["spec.broker.managed.image", "spec.flower.image"])
+def test_images_have_no_schema_default_so_the_operator_default_applies(path: str) -> None:
+    """A schema default would be stored in every TaskQueue and beat the operator-wide setting."""
+    field = at(schema("TaskQueue"), path)
+    assert "default" not in field
+    assert "CELERY_OPERATOR_" in field["description"] and "unless the operator's installation" in field["description"]
 
 
 @pytest.mark.parametrize(("path", "default"), [

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.unit
 
 OWNER = ObjectIdentity(name="shop", namespace="prod", uid="u-1", generation=4)
 PASSWORD = "not-a-real-password-0123456789"
+IMAGES = builders.DefaultImages(beat="operator:1", redis="redis:7.4-alpine", flower="mher/flower:2.0")
 
 EVERYTHING: dict[str, Any] = {
     "image": "ghcr.io/acme/shop:1.4.2",
@@ -56,15 +57,16 @@ def _key(manifest: dict[str, Any]) -> str:
 
 def _children(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     parsed = parse_taskqueue_spec(spec)
-    beat = BeatOptions(custom=True, image="operator:1") if parsed.beat.custom_scheduler else None
-    return {_key(m): drift.stamped(m) for m in builders.desired_children(OWNER, parsed, broker_password=PASSWORD,
-                                                                          beat=beat)}
+    beat = BeatOptions(custom=True) if parsed.beat.custom_scheduler else None
+    children = builders.desired_children(OWNER, parsed, images=IMAGES, broker_password=PASSWORD, beat=beat)
+    return {_key(m): drift.stamped(m) for m in children}
 
 
 def _as_served(manifest: dict[str, Any]) -> dict[str, Any]:
     """What the API server returns after the apply: the manifest plus fields of its own."""
     live = copy.deepcopy(manifest)
-    live["metadata"].update(uid="child-uid", resourceVersion="812", generation=2, creationTimestamp="2026-11-24T08:00:00Z",
+    live["metadata"].update(uid="child-uid", resourceVersion="812", generation=2,
+                            creationTimestamp="2026-11-24T08:00:00Z",
                             managedFields=[{"manager": naming.FIELD_MANAGER, "operation": "Apply"}])
     live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "3"
     if manifest["kind"] == "Deployment":

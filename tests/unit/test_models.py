@@ -32,7 +32,7 @@ DEFAULTED: dict[str, Any] = {
     },
     "autoscaling": {"pollIntervalSeconds": 2, "scaleDownStabilizationSeconds": 60},
     "beat": {"scheduler": ""},
-    "flower": {"enabled": False, "image": "mher/flower:2.0"},
+    "flower": {"enabled": False},
 }
 
 
@@ -64,7 +64,7 @@ def test_minimal_spec_gets_every_default() -> None:
     assert workers.extra_args == ()
     assert spec.broker.kind == "managed"
     assert spec.broker.managed is not None
-    assert spec.broker.managed.image == "redis:7.4-alpine"
+    assert spec.broker.managed.image is None, "no image named: the operator's default applies"
     assert spec.broker.managed.persistence is None
     assert spec.result_backend is None
     assert spec.autoscaling.poll_interval_seconds == 2
@@ -72,7 +72,7 @@ def test_minimal_spec_gets_every_default() -> None:
     assert spec.beat.scheduler == ""
     assert not spec.beat.custom_scheduler
     assert spec.flower.enabled is False
-    assert spec.flower.image == "mher/flower:2.0"
+    assert spec.flower.image is None
     assert spec.pod.security_context is None
     assert spec.image_pull_policy is None
     assert spec.service_account_name is None

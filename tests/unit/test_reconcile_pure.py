@@ -8,8 +8,9 @@ import datetime
 import pytest
 
 from celery_operator import reconcile
+from celery_operator.conditions import Condition
 from celery_operator.models import ObjectIdentity
-from celery_operator.settings import OperatorSettings
+from celery_operator.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -20,8 +21,11 @@ LATER = NOW + datetime.timedelta(minutes=5)
 IDENTITY = ObjectIdentity(name="shop", namespace="ns", uid="u1", generation=3)
 
 
-def _verdict(broker=("True", "BrokerReachable", "ok"), workers=("True", "WorkersAvailable", "ok"), blocked=None,
-             queues=None) -> reconcile.Verdict:
+BROKER_OK = Condition.true("BrokerReady", "BrokerReachable", "ok")
+WORKERS_OK = Condition.true("WorkersReady", "WorkersAvailable", "ok")
+
+
+def _verdict(broker=BROKER_OK, workers=WORKERS_OK, blocked=None, queues=None) -> reconcile.Verdict:
     return reconcile.Verdict(broker=broker, workers=workers, blocked=blocked,
                              queues=queues if queues is not None else [
                                  {"name": "a", "replicas": 2, "readyReplicas": 1},
@@ -44,7 +48,8 @@ def test_status_carries_ready_printer_fields_and_generation() -> None:
 
 
 def test_ready_is_false_with_the_first_failing_reason() -> None:
-    status = reconcile.compose_status({}, IDENTITY, _verdict(workers=("False", "WorkersNotReady", "waiting")), NOW)
+    waiting = Condition.false("WorkersReady", "WorkersNotReady", "waiting")
+    status = reconcile.compose_status({}, IDENTITY, _verdict(workers=waiting), NOW)
     assert (_conditions(status)["Ready"]["status"], _conditions(status)["Ready"]["reason"]) == ("False",
                                                                                                  "WorkersNotReady")
     blocked = reconcile.Blocked("NameConflict", "Deployment shop-worker-a is not ours")
@@ -56,7 +61,7 @@ def test_ready_is_false_with_the_first_failing_reason() -> None:
 def test_a_settled_status_is_not_rewritten_and_keeps_transition_times() -> None:
     first = reconcile.compose_status({}, IDENTITY, _verdict(), NOW)
     second = reconcile.compose_status({"status": first}, IDENTITY, _verdict(), LATER)
-    assert not reconcile.status_changed(first, second)
+    assert not reconcile.STATUS.changed(first, second)
     assert _conditions(second)["Ready"]["lastTransitionTime"] == "2026-11-24T08:00:00Z"
 
 
@@ -69,7 +74,7 @@ def test_only_the_reconcilers_fields_are_composed_and_compared() -> None:
     again = reconcile.compose_status({"status": live}, IDENTITY, _verdict(), LATER)
     assert "Autoscaling" not in _conditions(again)
     assert all(set(q) == {"name", "replicas", "readyReplicas"} for q in again["queues"])
-    assert not reconcile.status_changed(live, again), "the scaler's fields are not the reconciler's business"
+    assert not reconcile.STATUS.changed(live, again), "the scaler's fields are not the reconciler's business"
 
 
 def test_a_blocked_pass_restates_what_it_owned() -> None:
@@ -81,22 +86,28 @@ def test_a_blocked_pass_restates_what_it_owned() -> None:
     assert _conditions(blocked)["Ready"]["reason"] == "InvalidSpec"
 
 
+def _event(old: dict, new: dict) -> tuple[str, str, str] | None:
+    event = reconcile.EVENTS(old, new)
+    return None if event is None else (event.type, event.reason, event.message)
+
+
 def test_one_event_per_change_of_ready() -> None:
     ready = reconcile.compose_status({}, IDENTITY, _verdict(), NOW)
     conflict = reconcile.compose_status({"status": ready}, IDENTITY, reconcile.Verdict(
         broker=None, workers=None, blocked=reconcile.Blocked("NameConflict", "x")), LATER)
-    assert reconcile._event_for({}, ready) == ("Normal", "Ready", ready["conditions"][2]["message"])
-    assert reconcile._event_for(ready, conflict)[:2] == ("Warning", "NameConflict")
-    assert reconcile._event_for(conflict, conflict) is None
-    starting = reconcile.compose_status({}, IDENTITY, _verdict(broker=("False", "BrokerStarting", "waiting")), NOW)
-    assert reconcile._event_for({}, starting)[:2] == ("Normal", "BrokerStarting"), "progress is no warning"
+    assert _event({}, ready) == ("Normal", "Ready", ready["conditions"][2]["message"])
+    assert _event(ready, conflict)[:2] == ("Warning", "NameConflict")
+    assert _event(conflict, conflict) is None
+    broker_starting = Condition.false("BrokerReady", "BrokerStarting", "waiting")
+    starting = reconcile.compose_status({}, IDENTITY, _verdict(broker=broker_starting), NOW)
+    assert _event({}, starting)[:2] == ("Normal", "BrokerStarting"), "progress is no warning"
 
 
 def test_settings_from_environment() -> None:
-    settings = OperatorSettings.from_environment({"CELERY_OPERATOR_RESYNC_SECONDS": "2.5",
+    settings = Settings.from_environment({"CELERY_OPERATOR_RESYNC_SECONDS": "2.5",
                                                    "CELERY_OPERATOR_METRICS_PORT": "9100", "UNRELATED": "x"})
     assert (settings.resync_seconds, settings.metrics_port, settings.broker_timeout_seconds) == (2.5, 9100, 2.0)
     with pytest.raises(ValueError, match="CELERY_OPERATOR_RESYNC_SECONDS"):
-        OperatorSettings.from_environment({"CELERY_OPERATOR_RESYNC_SECONDS": "soon"})
+        Settings.from_environment({"CELERY_OPERATOR_RESYNC_SECONDS": "soon"})
     with pytest.raises(ValueError, match="CELERY_OPERATOR_BROKER_TIMEOUT_SECONDS"):
-        OperatorSettings.from_environment({"CELERY_OPERATOR_BROKER_TIMEOUT_SECONDS": "0"})
+        Settings.from_environment({"CELERY_OPERATOR_BROKER_TIMEOUT_SECONDS": "0"})

@@ -6,7 +6,7 @@ import dataclasses
 from types import SimpleNamespace
 
 import pytest
-from celery_operator.scaling import (
+from celery_operator.scaling_policy import (
     Decision,
     History,
     Observation,

@@ -16,17 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 from typing import Any
 
-ENV_BROKER_URL = "CELERY_BROKER_URL"
-ENV_STATE_URL = "CELERY_OPERATOR_BEAT_STATE_URL"
-ENV_KEY_PREFIX = "CELERY_OPERATOR_BEAT_KEY_PREFIX"
-ENV_INSTANCE = "CELERY_OPERATOR_BEAT_INSTANCE"
-_PREFIX = re.compile(r"^celery-operator:beat:\{(?P<namespace>[^/{}]+)/(?P<taskqueue>[^/{}]+)\}:$")
+from ..naming import BEAT_INSTANCE_ENV, BEAT_KEY_PREFIX_ENV, BEAT_STATE_URL_ENV, BROKER_URL_ENV, parse_beat_key_prefix
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,22 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("celery_operator.beat")
-    missing = [name for name in (ENV_BROKER_URL, ENV_STATE_URL, ENV_KEY_PREFIX) if not os.environ.get(name)]
+    missing = [name for name in (BROKER_URL_ENV, BEAT_STATE_URL_ENV, BEAT_KEY_PREFIX_ENV) if not os.environ.get(name)]
     if missing:
         log.error("missing environment: %s", ", ".join(missing))
         return 2
-    prefix = os.environ[ENV_KEY_PREFIX]
-    match = _PREFIX.match(prefix)
-    if match is None:
-        log.error("%s=%r is not of the form celery-operator:beat:{<namespace>/<taskqueue>}:", ENV_KEY_PREFIX, prefix)
+
+    from .runner import MAX_CATCH_UP, Beat, CelerySender
+    from .state import BeatStore, StateLocation
+
+    prefix = os.environ[BEAT_KEY_PREFIX_ENV]
+    owner = parse_beat_key_prefix(prefix)
+    if owner is None:
+        log.error("%s=%r is not of the form celery-operator:beat:{<namespace>/<taskqueue>}:", BEAT_KEY_PREFIX_ENV,
+                  prefix)
         return 2
-
-    from .runner import MAX_CATCH_UP, Beat, CelerySender, StateStore
-
-    broker_url, state_url = os.environ[ENV_BROKER_URL], os.environ[ENV_STATE_URL]
-    store = StateStore(state_url, prefix)
+    namespace, taskqueue = owner
+    broker_url = os.environ[BROKER_URL_ENV]
+    store = BeatStore(StateLocation(url=os.environ[BEAT_STATE_URL_ENV], prefix=prefix))
     sender = CelerySender(broker_url)
-    beat = Beat(store, sender, namespace=match["namespace"], instance=os.environ.get(ENV_INSTANCE) or None,
+    beat = Beat(store, sender, namespace=namespace, instance=os.environ.get(BEAT_INSTANCE_ENV) or None,
                 max_catch_up=args.max_catch_up if args.max_catch_up is not None else MAX_CATCH_UP,
                 lease=not args.no_lease, secrets=(broker_url,))
     stop = threading.Event()
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("beat %s for TaskQueue %s/%s starting", beat.instance, match["namespace"], match["taskqueue"])
+    log.info("beat %s for TaskQueue %s/%s starting", beat.instance, namespace, taskqueue)
     try:
         beat.run(stop)
     finally:

@@ -1,13 +1,13 @@
 """The job definitions the operator keeps in Redis for a TaskQueue's beat. Pure.
 
-State of one TaskQueue, under the key prefix `naming.beat_key_prefix(namespace, taskqueue)`:
+Of a TaskQueue's beat state (keys and I/O: beat/state.py) this module owns the format:
 
-- hash `jobs`: PeriodicJob name -> JSON definition, written by the operator only (the TaskQueue's
-  reconcile syncs the whole hash to the valid PeriodicJobs; a PeriodicJob's own handler writes its
-  entry at once when it changes). Fields: task, schedule | interval, timeZone, args, kwargs,
-  queue, expiresSeconds, suspend, uid, generation, taskQueueUid, activeSince.
-- hash `fired`: PeriodicJob name -> the last slot sent (epoch seconds), written by the beat only,
-  through an atomic claim (see runner.py).
+- an entry of hash `jobs`: PeriodicJob name -> JSON definition, written by the operator only (the
+  TaskQueue's reconcile syncs the whole hash to the valid PeriodicJobs; a PeriodicJob's own handler
+  writes its entry at once when it changes). Fields: task, schedule | interval, timeZone, args,
+  kwargs, queue, expiresSeconds, suspend, uid, generation, taskQueueUid, activeSince.
+- a value of hash `fired`: the last slot sent (epoch seconds), written by the beat only, through an
+  atomic claim (see runner.py).
 
 `activeSince` is when the current schedule took effect: set when the job is first written, when
 its schedule, interval or time zone changes, when it is resumed from suspend, and when the
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -112,6 +112,27 @@ class SyncPlan:
     @property
     def empty(self) -> bool:
         return not self.upserts and not self.removals
+
+
+def parse_periodicjob(spec: Mapping[str, Any] | None) -> tuple[PeriodicJobSpec, Schedule]:
+    """A PeriodicJob's spec and timing. Raises SpecError naming the field."""
+    parsed = PeriodicJobSpec.parse(spec)
+    return parsed, parse_schedule(parsed.schedule, parsed.interval, parsed.time_zone)
+
+
+def desired_jobs(periodicjobs: Iterable[Mapping[str, Any]]) -> dict[str, DesiredJob]:
+    """The PeriodicJobs a beat should carry: every one whose spec and schedule are valid (the others
+    are reported on the PeriodicJob itself: InvalidSchedule, InvalidSpec)."""
+    result: dict[str, DesiredJob] = {}
+    for body in periodicjobs:
+        metadata = body.get("metadata") or {}
+        try:
+            spec, _ = parse_periodicjob(body.get("spec"))
+        except SpecError:
+            continue
+        result[metadata["name"]] = DesiredJob(name=metadata["name"], spec=spec, uid=str(metadata.get("uid", "")),
+                                              generation=int(metadata.get("generation") or 0))
+    return result
 
 
 # The TaskQueue's sync works from the operator's cache of PeriodicJobs, which may lag a moment

@@ -36,139 +36,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from .. import naming
-from ..broker import _scrub, redact
-from .jobs import BeatJob, format_fired, parse_fired, parse_job, task_id
+from ..broker.urls import is_redis_url, redact, scrub
+from .jobs import BeatJob, parse_job, task_id
 from .schedule import due_slots, format_slot, next_slot
+from .state import ALREADY_CLAIMED, STALE, BeatStore
 
 log = logging.getLogger("celery_operator.beat")
 
 POLL_SECONDS: Final = 0.5
-LEASE_MS: Final = 5000
-HEARTBEAT_MS: Final = 10_000  # the operator calls the beat gone once the heartbeat key expired
 MAX_CATCH_UP: Final = 300  # per job and round: after a longer outage the older runs are skipped
 TIMEOUT_SECONDS: Final = 2.0
 MIN_SLEEP: Final = 0.005
-
-CLAIMED, ALREADY_CLAIMED, STALE = 1, 0, -1
-
-# KEYS: jobs, fired. ARGV: job, slot, the definition the beat acted on.
-# Returns {outcome, the value of fired[job] before}: 1 claimed, 0 already claimed, -1 stale definition.
-CLAIM_SCRIPT: Final = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[3] then return {-1, ''} end
-local last = redis.call('HGET', KEYS[2], ARGV[1])
-if last and tonumber(last) >= tonumber(ARGV[2]) then return {0, last} end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return {1, last or ''}
-"""
-# KEYS: fired. ARGV: job, the slot claimed, the value before it ('' = none). Undo only our own claim.
-UNCLAIM_SCRIPT: Final = """
-local last = redis.call('HGET', KEYS[1], ARGV[1])
-if not last or tonumber(last) ~= tonumber(ARGV[2]) then return 0 end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
-return 1
-"""
-# KEYS: leader, heartbeat. ARGV: me, lease ms, heartbeat value, heartbeat ms. 1 = leading.
-LEASE_SCRIPT: Final = """
-local holder = redis.call('GET', KEYS[1])
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-elseif holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-else
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-return 1
-"""
-# KEYS: leader, heartbeat. ARGV: me.
-RELEASE_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  return 1
-end
-return 0
-"""
-
-
-@dataclass(frozen=True)
-class Keys:
-    jobs: str
-    fired: str
-    leader: str
-    heartbeat: str
-
-    @classmethod
-    def of(cls, prefix: str) -> "Keys":
-        return cls(jobs=prefix + naming.BEAT_JOBS_KEY, fired=prefix + naming.BEAT_FIRED_KEY,
-                   leader=prefix + naming.BEAT_LEADER_KEY, heartbeat=prefix + naming.BEAT_HEARTBEAT_KEY)
-
-
-@dataclass(frozen=True)
-class Round:
-    leading: bool
-    jobs: dict[str, str]
-    fired: dict[str, float]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class StateStore:
-    """The beat's side of the state Redis: one pipelined round trip per round, plus the claims."""
-
-    def __init__(self, url: str, prefix: str, *, timeout: float = TIMEOUT_SECONDS):
-        self.url = url
-        self.keys = Keys.of(prefix)
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), retry_on_timeout=False,
-        )
-        self._claim = self.client.register_script(CLAIM_SCRIPT)
-        self._unclaim = self.client.register_script(UNCLAIM_SCRIPT)
-        self._lease = self.client.register_script(LEASE_SCRIPT)
-        self._release = self.client.register_script(RELEASE_SCRIPT)
-
-    def poll(self, instance: str, heartbeat: str, *, lease: bool = True) -> Round:
-        pipe = self.client.pipeline(transaction=False)
-        if lease:
-            self._lease(keys=[self.keys.leader, self.keys.heartbeat],
-                        args=[instance, LEASE_MS, heartbeat, HEARTBEAT_MS], client=pipe)
-        else:  # contention mode (tests): every beat leads, the claims alone keep runs unique
-            pipe.set(self.keys.heartbeat, heartbeat, px=HEARTBEAT_MS)
-        pipe.hgetall(self.keys.jobs)
-        pipe.hgetall(self.keys.fired)
-        leading, jobs, fired = pipe.execute()
-        return Round(
-            leading=bool(leading) if lease else True,
-            jobs={_text(k): _text(v) for k, v in jobs.items()},
-            fired={_text(k): value for k, v in fired.items() if (value := parse_fired(_text(v))) is not None},
-        )
-
-    def claim(self, job: str, slot: float, definition: str) -> tuple[int, str]:
-        """(CLAIMED | ALREADY_CLAIMED | STALE, the value of fired[job] before: '' = none)."""
-        outcome, before = self._claim(keys=[self.keys.jobs, self.keys.fired],
-                                      args=[job, format_fired(slot), definition])
-        return int(outcome), _text(before)
-
-    def unclaim(self, job: str, slot: float, before: str) -> bool:
-        """Give a claimed slot back (fired[job] = `before`), unless fired moved on since."""
-        return bool(self._unclaim(keys=[self.keys.fired], args=[job, format_fired(slot), before]))
-
-    def release(self, instance: str) -> None:
-        self._release(keys=[self.keys.leader, self.keys.heartbeat], args=[instance])
-
-    def close(self) -> None:
-        self.client.close()
 
 
 Sender = Callable[[BeatJob, float, str], None]  # (job, slot, task id); raises when not sent
@@ -189,7 +72,7 @@ class CelerySender:
             broker_connection_retry_on_startup=False,
             task_publish_retry_policy=self.RETRY_POLICY,
             broker_transport_options={"socket_timeout": timeout, "socket_connect_timeout": timeout}
-            if broker_url.split("://", 1)[0].lower() in ("redis", "rediss") else {},
+            if is_redis_url(broker_url) else {},
         )
 
     def __call__(self, job: BeatJob, slot: float, identifier: str) -> None:
@@ -212,7 +95,7 @@ def default_instance() -> str:
 class Beat:
     """The loop. `step()` is one round (tests drive it with their own clock); `run()` loops until stopped."""
 
-    def __init__(self, store: StateStore, send: Sender, *, namespace: str, instance: str | None = None,
+    def __init__(self, store: BeatStore, send: Sender, *, namespace: str, instance: str | None = None,
                  clock: Callable[[], float] = time.time, max_catch_up: int = MAX_CATCH_UP, lease: bool = True,
                  poll_seconds: float = POLL_SECONDS, secrets: tuple[str, ...] = ()):
         self.store = store
@@ -304,9 +187,7 @@ class Beat:
         return next_slot(job.schedule, max(after, now))
 
     def _scrub(self, text: str) -> str:
-        for url in self.secrets:
-            text = _scrub(text, url)
-        return text
+        return scrub(text, *self.secrets)
 
     # --- the loop ----------------------------------------------------------------------------
 

@@ -20,14 +20,15 @@ Both are exec form: SIGTERM reaches the beat itself, which stops cleanly.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from .. import naming
-from ..models import ManagedBroker, ObjectIdentity, TaskQueueSpec
+from ..models import ObjectIdentity, TaskQueueSpec
 from .broker import build_redis_deployment
 from .common import (
     BROKER_URL_ENV,
+    DefaultImages,
     Manifest,
     broker_url_env_var,
     celery_container,
@@ -42,14 +43,10 @@ from .secret import b64, redis_service_url
 
 BEAT_CONTAINER: Final = "beat"
 BEAT_MODULE: Final = "celery_operator.beat"
-# The environment of the operator's beat program (celery_operator.beat reads the same names).
-STATE_URL_ENV: Final = "CELERY_OPERATOR_BEAT_STATE_URL"
-KEY_PREFIX_ENV: Final = "CELERY_OPERATOR_BEAT_KEY_PREFIX"
-INSTANCE_ENV: Final = "CELERY_OPERATOR_BEAT_INSTANCE"
 # The beat stops within a second of SIGTERM; the grace period only bounds a hung send.
 BEAT_TERMINATION_GRACE_PERIOD_SECONDS: Final = 30
 
-StateStore = Literal["broker", "managed"]
+StateRedis = Literal["broker", "managed"]  # which Redis holds the schedule state
 
 
 @dataclass(frozen=True)
@@ -57,15 +54,13 @@ class BeatOptions:
     """What the beat builders need beyond the spec; None (no options) means no beat at all.
 
     custom: spec.beat.scheduler is set (the user's own scheduler from spec.image).
-    image: the operator's image, which runs the operator's beat.
     state: where the schedule state lives: the broker (a Redis broker) or `<tq>-beat-state`.
     state_password: the `<tq>-beat-state` Redis password (generated once by the reconciler).
     """
 
     custom: bool
-    image: str
-    state: StateStore = "broker"
-    state_password: str | None = None
+    state: StateRedis = "broker"
+    state_password: str | None = field(default=None, repr=False)
 
 
 def beat_command() -> list[str]:
@@ -76,7 +71,7 @@ def custom_beat_command(app: str, scheduler: str) -> list[str]:
     return ["celery", "-A", app, "beat", "-S", scheduler]
 
 
-def state_secret_name(owner: ObjectIdentity, state: StateStore) -> str:
+def state_secret_name(owner: ObjectIdentity, state: StateRedis) -> str:
     """The Secret whose key `url` reaches the schedule state."""
     return naming.broker_name(owner.name) if state == "broker" else naming.beat_state_name(owner.name)
 
@@ -85,16 +80,18 @@ def beat_state_url(owner: ObjectIdentity, password: str) -> str:
     return redis_service_url(naming.beat_state_name(owner.name), owner.namespace, password)
 
 
-def _own_beat_container(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions) -> dict[str, Any]:
+def _own_beat_container(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions,
+                        image: str) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": BEAT_CONTAINER,
-        "image": options.image,
+        "image": image,
         "command": beat_command(),
         "env": [
             broker_url_env_var(owner.name),
-            secret_env_var(STATE_URL_ENV, state_secret_name(owner, options.state), naming.BROKER_SECRET_URL_KEY),
-            {"name": KEY_PREFIX_ENV, "value": naming.beat_key_prefix(owner.namespace, owner.name)},
-            {"name": INSTANCE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            secret_env_var(naming.BEAT_STATE_URL_ENV, state_secret_name(owner, options.state),
+                           naming.BROKER_SECRET_URL_KEY),
+            {"name": naming.BEAT_KEY_PREFIX_ENV, "value": naming.beat_key_prefix(owner.namespace, owner.name)},
+            {"name": naming.BEAT_INSTANCE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
     }
     if spec.beat.resources:
@@ -103,7 +100,8 @@ def _own_beat_container(owner: ObjectIdentity, spec: TaskQueueSpec, options: Bea
     return container
 
 
-def build_beat_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions) -> Manifest:
+def build_beat_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions, image: str) -> Manifest:
+    """`image`: the operator's, for its own beat (a custom scheduler runs from spec.image)."""
     """`<tq>-beat`: 1 replica, Recreate (the old pod is gone before the new one starts)."""
     if options.custom:
         container = celery_container(
@@ -113,7 +111,7 @@ def build_beat_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, options: B
         template = celery_pod_template(spec, owner=owner, component=naming.BEAT, containers=[container])
     else:
         template = celery_pod_template(spec, owner=owner, component=naming.BEAT,
-                                       containers=[_own_beat_container(owner, spec, options)],
+                                       containers=[_own_beat_container(owner, spec, options, image)],
                                        termination_grace_period_seconds=BEAT_TERMINATION_GRACE_PERIOD_SECONDS)
         pod_spec = template["spec"]
         # The operator's image: the user's service account and pull secrets are for spec.image.
@@ -139,7 +137,7 @@ def build_beat_state_secret(owner: ObjectIdentity, password: str) -> Manifest:
     }
 
 
-def build_beat_state(owner: ObjectIdentity, password: str) -> list[Manifest]:
+def build_beat_state(owner: ObjectIdentity, password: str, redis_image: str) -> list[Manifest]:
     """Secret, Deployment and Service of the schedule-state Redis (AMQP brokers only).
 
     The same Redis as the managed broker, under another name. Its AOF sits on an emptyDir: it
@@ -149,14 +147,15 @@ def build_beat_state(owner: ObjectIdentity, password: str) -> list[Manifest]:
     name = naming.beat_state_name(owner.name)
     return [
         build_beat_state_secret(owner, password),
-        build_redis_deployment(owner, ManagedBroker(), name=name, component=naming.BEAT, append_only=True,
-                               beat_role=naming.BEAT_ROLE_STATE),
+        build_redis_deployment(owner, image=redis_image, resources={}, name=name, component=naming.BEAT,
+                               append_only=True, beat_role=naming.BEAT_ROLE_STATE),
         cluster_ip_service(owner, name=name, component=naming.BEAT, port=naming.REDIS_PORT, port_name="redis",
                            beat_role=naming.BEAT_ROLE_STATE),
     ]
 
 
-def build_beat(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions | None) -> list[Manifest]:
+def build_beat(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions | None,
+               images: DefaultImages) -> list[Manifest]:
     """Every beat child the TaskQueue should have now (state pieces first, the beat last)."""
     if options is None:
         return []
@@ -164,8 +163,8 @@ def build_beat(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions 
     if not options.custom and options.state == "managed":
         if not options.state_password:
             raise ValueError("the beat-state Redis needs its password")
-        children += build_beat_state(owner, options.state_password)
-    children.append(build_beat_deployment(owner, spec, options))
+        children += build_beat_state(owner, options.state_password, images.redis)
+    children.append(build_beat_deployment(owner, spec, options, images.beat))
     return children
 
 
@@ -173,9 +172,6 @@ __all__ = [
     "BEAT_CONTAINER",
     "BROKER_URL_ENV",
     "BeatOptions",
-    "INSTANCE_ENV",
-    "KEY_PREFIX_ENV",
-    "STATE_URL_ENV",
     "beat_command",
     "beat_state_url",
     "build_beat",

@@ -8,6 +8,7 @@ The password reaches redis-server through $(REDIS_PASSWORD) from the Secret, nev
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any, Final
 
 from .. import naming
@@ -46,8 +47,9 @@ def redis_args(persistent: bool) -> list[str]:
 
 def build_redis_deployment(
     owner: ObjectIdentity,
-    managed: ManagedBroker,
     *,
+    image: str,
+    resources: Mapping[str, Any],
     name: str,
     component: naming.Component,
     append_only: bool,
@@ -62,7 +64,7 @@ def build_redis_deployment(
     probe = {"tcpSocket": {"port": "redis"}}
     container: dict[str, Any] = {
         "name": "redis",
-        "image": managed.image,
+        "image": image,
         "command": ["redis-server"],
         "args": redis_args(append_only),
         "env": [
@@ -75,8 +77,8 @@ def build_redis_deployment(
         "volumeMounts": [{"name": DATA_VOLUME, "mountPath": DATA_DIR}],
         "securityContext": restricted_container_security_context(read_only_root_filesystem=True),
     }
-    if managed.resources:
-        container["resources"] = copy.deepcopy(dict(managed.resources))
+    if resources:
+        container["resources"] = copy.deepcopy(dict(resources))
     volume: dict[str, Any] = {"name": DATA_VOLUME}
     if claim_name is not None:
         volume["persistentVolumeClaim"] = {"claimName": claim_name}
@@ -103,10 +105,11 @@ def build_redis_deployment(
                       beat_role=beat_role)
 
 
-def build_broker_deployment(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest:
+def build_broker_deployment(owner: ObjectIdentity, managed: ManagedBroker, default_image: str) -> Manifest:
     name = naming.broker_name(owner.name)
     persistent = managed.persistence is not None
-    return build_redis_deployment(owner, managed, name=name, component=naming.BROKER, append_only=persistent,
+    return build_redis_deployment(owner, image=managed.image or default_image, resources=managed.resources, name=name,
+                                  component=naming.BROKER, append_only=persistent,
                                   claim_name=name if persistent else None)
 
 
@@ -134,9 +137,9 @@ def build_broker_pvc(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest 
     }
 
 
-def build_managed_broker(owner: ObjectIdentity, managed: ManagedBroker) -> list[Manifest]:
+def build_managed_broker(owner: ObjectIdentity, managed: ManagedBroker, default_image: str) -> list[Manifest]:
     """Deployment, Service and, with persistence, the PVC of the managed Redis."""
-    manifests = [build_broker_deployment(owner, managed), build_broker_service(owner)]
+    manifests = [build_broker_deployment(owner, managed, default_image), build_broker_service(owner)]
     pvc = build_broker_pvc(owner, managed)
     if pvc is not None:
         manifests.append(pvc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from .. import naming
@@ -16,9 +17,18 @@ from ..models import ObjectIdentity, PodOverrides, ResultBackendSpec, TaskQueueS
 
 Manifest = dict[str, Any]
 
-BROKER_URL_ENV: Final = "CELERY_BROKER_URL"
-RESULT_BACKEND_ENV: Final = "CELERY_RESULT_BACKEND"
+BROKER_URL_ENV: Final = naming.BROKER_URL_ENV
+RESULT_BACKEND_ENV: Final = naming.RESULT_BACKEND_ENV
 POD_IP_ENV: Final = "POD_IP"
+
+
+@dataclass(frozen=True)
+class DefaultImages:
+    """The images the operator runs where a TaskQueue names none (the operator's settings)."""
+
+    beat: str  # the operator's own image, which runs `python -m celery_operator.beat`
+    redis: str  # the managed broker and the beat-state Redis
+    flower: str
 
 
 def object_meta(

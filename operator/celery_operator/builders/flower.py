@@ -28,11 +28,11 @@ def flower_command() -> list[str]:
     return ["celery", "flower", f"--port={naming.FLOWER_PORT}", f"--address=$({POD_IP_ENV})"]
 
 
-def build_flower_deployment(owner: ObjectIdentity, spec: TaskQueueSpec) -> Manifest:
+def build_flower_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, default_image: str) -> Manifest:
     flower = spec.flower
     container: dict[str, Any] = {
         "name": "flower",
-        "image": flower.image,
+        "image": flower.image or default_image,
         "command": flower_command(),
         "env": [pod_ip_env_var(), broker_url_env_var(owner.name)],
         "ports": [{"name": "http", "containerPort": naming.FLOWER_PORT, "protocol": "TCP"}],
@@ -71,8 +71,8 @@ def build_flower_service(owner: ObjectIdentity) -> Manifest:
     )
 
 
-def build_flower(owner: ObjectIdentity, spec: TaskQueueSpec) -> list[Manifest]:
+def build_flower(owner: ObjectIdentity, spec: TaskQueueSpec, default_image: str) -> list[Manifest]:
     """Deployment and Service when Flower is enabled, else nothing."""
     if not spec.flower.enabled:
         return []
-    return [build_flower_deployment(owner, spec), build_flower_service(owner)]
+    return [build_flower_deployment(owner, spec, default_image), build_flower_service(owner)]

@@ -7,8 +7,6 @@ live one.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote
 
 from .. import naming
@@ -74,9 +72,3 @@ def build_broker_secret(
         "type": "Opaque",
         "data": data,
     }
-
-
-def decode_secret_value(secret: Mapping[str, Any], key: str) -> str | None:
-    """A value of a Secret read from the API (base64 `data`), or None when the key is absent."""
-    encoded = (secret.get("data") or {}).get(key)
-    return None if encoded is None else base64.b64decode(encoded).decode()

@@ -1,0 +1,82 @@
+"""Every condition type the operator writes and the reasons each may carry, one class per type,
+plus the reasons of Events that belong to no condition. CamelCase, as users grep for them."""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Ready:
+    """A TaskQueue's Ready: True when everything below that applies is True; else False with the
+    reason of what blocks the pass, or of the first of BrokerReady, WorkersReady, BeatReady that is
+    not True, or FlowerPodFailing."""
+
+    TYPE: Final = "Ready"
+    READY: Final = "Ready"
+    INVALID_SPEC: Final = "InvalidSpec"
+    NAME_CONFLICT: Final = "NameConflict"
+    BROKER_SECRET_NOT_FOUND: Final = "BrokerSecretNotFound"
+    BROKER_SECRET_KEY_NOT_FOUND: Final = "BrokerSecretKeyNotFound"
+    FLOWER_POD_FAILING: Final = "FlowerPodFailing"
+
+
+class BrokerReady:
+    TYPE: Final = "BrokerReady"
+    REACHABLE: Final = "BrokerReachable"
+    UNREACHABLE: Final = "BrokerUnreachable"
+    STARTING: Final = "BrokerStarting"  # the managed Redis is not available yet
+    POD_FAILING: Final = "BrokerPodFailing"  # ... because its pod cannot run
+
+
+class WorkersReady:
+    TYPE: Final = "WorkersReady"
+    AVAILABLE: Final = "WorkersAvailable"
+    NOT_READY: Final = "WorkersNotReady"
+    POD_FAILING: Final = "WorkerPodsFailing"
+
+
+class BeatReady:
+    """Only while PeriodicJobs refer to the TaskQueue."""
+
+    TYPE: Final = "BeatReady"
+    RUNNING: Final = "BeatRunning"
+    CUSTOM_SCHEDULER: Final = "CustomScheduler"
+    NOT_AVAILABLE: Final = "BeatNotAvailable"
+    NOT_RUNNING: Final = "BeatNotRunning"
+    STATE_UNREACHABLE: Final = "BeatStateUnreachable"
+    POD_FAILING: Final = "BeatPodFailing"
+
+
+class Autoscaling:
+    """The scaler's, only while the TaskQueue has autoscaled queues."""
+
+    TYPE: Final = "Autoscaling"
+    QUEUE_DEPTH_READ: Final = "QueueDepthRead"
+    WAITING_FOR_BROKER: Final = "WaitingForBroker"  # Unknown: the broker has not answered yet
+    BROKER_UNAVAILABLE: Final = "BrokerUnavailable"  # False: replicas held where they are
+
+
+class PeriodicJobReady:
+    """A PeriodicJob's Ready: True once the TaskQueue's beat carries this generation of the job."""
+
+    TYPE: Final = "Ready"
+    SCHEDULED: Final = "Scheduled"
+    SUSPENDED: Final = "Suspended"
+    TASKQUEUE_NOT_FOUND: Final = "TaskQueueNotFound"
+    CUSTOM_SCHEDULER: Final = "CustomScheduler"
+    INVALID_SCHEDULE: Final = "InvalidSchedule"
+    INVALID_SPEC: Final = "InvalidSpec"
+    BEAT_NOT_RUNNING: Final = "BeatNotRunning"
+
+
+class EventReason:
+    """Events that report an action rather than a condition."""
+
+    SCALED_UP: Final = "ScaledUp"
+    SCALED_DOWN: Final = "ScaledDown"
+    BROKER_AVAILABLE: Final = "BrokerAvailable"  # the scaler reads the broker again after an outage
+
+
+# A TaskQueue's Ready=False for one of these is progress (things are starting), told with a
+# Normal Event; any other reason is something to fix, told with a Warning.
+PROGRESS: Final = frozenset({BrokerReady.STARTING, WorkersReady.NOT_READY, BeatReady.NOT_AVAILABLE})

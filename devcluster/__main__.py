@@ -1,4 +1,4 @@
-"""python -m devcluster build | up | down | status | logs"""
+"""python -m devcluster build | images | up | down | status | logs"""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build or find the cached control-plane binaries; prints the bin directory")
+    commands.add_parser("images", help="build or find the cached images: [KEY ...]; prints each one's size and build time",
+                        add_help=False)
     for name, text in (("up", "start the cluster (idempotent)"), ("down", "stop everything the cluster started"),
                        ("status", "say what runs")):
         command = commands.add_parser(name, help=text)
@@ -45,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from devcluster.agent import logs
 
         return logs.main(argv[1:])
+    if argv and argv[0] == "images":
+        from devcluster import images
+
+        return images.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "build":
         return build.main()

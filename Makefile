@@ -8,12 +8,12 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test test-unit test-integration test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane up down status clean
+.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane up down status clean
 
 help:
 	@echo "make demo   - run the main job on this machine (devcluster + operator + sample app)"
 	@echo "make test   - install what the tests need and run the whole suite"
-	@echo "make test-unit | test-integration | test-cluster | test-e2e - one tier"
+	@echo "make test-unit | test-integration | test-controllers | test-cluster | test-e2e - one tier"
 	@echo "make up | down | status - the local devcluster in .devcluster/default"
 
 $(STAMP): pyproject.toml
@@ -44,6 +44,10 @@ test-unit: venv
 
 test-integration: venv system-packages
 	$(VPY) -m pytest -m integration $(PYTEST_ARGS)
+
+# converge, the scaler tick and the PeriodicJob sync against fakes of their ports: no cluster, no broker
+test-controllers: venv
+	$(VPY) -m pytest -m controllers $(PYTEST_ARGS)
 
 test-cluster: venv system-packages controlplane
 	$(VPY) -m pytest -m cluster $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from celery_operator.settings import ENV_PREFIX, OperatorSettings
+from celery_operator.settings import ENV_PREFIX, Settings
 from devcluster import build, cluster
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.waiting import wait_for
@@ -244,10 +244,10 @@ def test_template_refuses_inconsistent_values(args: list[str], message: str) -> 
 
 
 def test_config_defaults_are_the_operators_own_and_every_setting_is_exposed() -> None:
-    settings = OperatorSettings()
+    settings = Settings()
     config = defaults()["config"]
     exposed_elsewhere = {"metrics_port": "metrics.port", "metrics_address": "metrics.listenAddress",
-                         "beat_image": "beat.image"}
+                         "beat_image": "beat.image", "redis_image": "redis.image", "flower_image": "flower.image"}
     for field in settings.__dataclass_fields__:
         if field in exposed_elsewhere:
             continue
@@ -260,6 +260,8 @@ def test_config_defaults_are_the_operators_own_and_every_setting_is_exposed() ->
             field = name.removeprefix(ENV_PREFIX).lower()
             assert field in settings.__dataclass_fields__, f"the chart sets {name}, which the operator does not read"
     assert env[f"{ENV_PREFIX}BEAT_IMAGE"] == settings.beat_image, "the chart's image is the operator's beat image"
+    assert (env[f"{ENV_PREFIX}REDIS_IMAGE"], env[f"{ENV_PREFIX}FLOWER_IMAGE"]) == (
+        settings.redis_image, settings.flower_image), "the chart's default images are the operator's"
 
 
 # --- what the defaults render --------------------------------------------------------------------
@@ -367,6 +369,8 @@ def test_every_value_reaches_the_rendered_objects() -> None:
         "CELERY_OPERATOR_SCALER_FIELD_MANAGER": "celery-operator-x-scaler",
         "CELERY_OPERATOR_METRICS_PORT": "9441", "CELERY_OPERATOR_METRICS_ADDRESS": "0.0.0.0",
         "CELERY_OPERATOR_BEAT_IMAGE": "registry.example.com/platform/celery-beat:0.1.0",
+        "CELERY_OPERATOR_REDIS_IMAGE": "registry.example.com/mirror/redis:7.4-alpine",
+        "CELERY_OPERATOR_FLOWER_IMAGE": "registry.example.com/mirror/flower:2.0",
     }
     assert env["EXTRA_LITERAL"] == "yes" and env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert {p["name"]: p["containerPort"] for p in operator["ports"]} == {"healthz": 9440, "metrics": 9441}
@@ -457,6 +461,7 @@ def test_operator_image_context_builds_the_package(tmp_path: Path) -> None:
     [wheel] = (tmp_path / "wheels").glob("celery_operator-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "celery_operator/__main__.py" in names and "celery_operator/handlers.py" in names
+    assert "celery_operator/broker/depth.lua" in names, "package data ships in the wheel"
     assert not [n for n in names if n.startswith(("devcluster/", "tests/"))]
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(tmp_path / "installed")

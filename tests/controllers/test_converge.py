@@ -1,0 +1,266 @@
+"""The TaskQueue reconciler (reconcile.reconcile_taskqueue) against fakes of its ports: what it
+creates, that a settled TaskQueue costs no write, that a removal reaches exactly the children built
+from it, what it refuses to touch, and what its status and Events say."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from typing import Any
+
+import pytest
+
+from celery_operator import reconcile
+from celery_operator.broker.depth import QueueDepth  # noqa: F401  (the fakes' vocabulary)
+from tests.controllers.fakes import FakeKube, fake_runtime
+
+pytestmark = pytest.mark.controllers
+
+SPEC: dict[str, Any] = {
+    "image": "acme/shop:1", "app": "myproject",
+    "env": [{"name": "FOO", "value": "1"}, {"name": "KEEP", "value": "2"}],
+    "pod": {"labels": {"team": "blue"}},
+    "queues": [{"name": "fast", "replicas": 1}, {"name": "slow", "replicas": 2, "concurrency": 8}],
+}
+WORKERS = {"shop-worker-fast", "shop-worker-slow"}
+
+
+class Cluster:
+    """One TaskQueue in a fake API server, reconciled the way the handlers do it."""
+
+    def __init__(self, spec: dict[str, Any] = SPEC, **settings: Any):
+        self.runtime = fake_runtime(**settings)
+        self.kube: FakeKube = self.runtime.kube  # type: ignore[assignment]
+        self.body = self.kube.create_taskqueue("shop", spec)
+
+    @property
+    def uid(self) -> str:
+        return self.body["metadata"]["uid"]
+
+    def reconcile(self, referring: list[dict[str, Any]] | None = None,
+                  now: datetime.datetime | None = None) -> list[tuple[str, str, str]]:
+        """One pass; the writes it made."""
+        mark = len(self.kube.writes)
+        self.body = self.kube.body("TaskQueue", "shop")
+        reconcile.reconcile_taskqueue(self.runtime, self.body, self.kube.children_of(self.uid), referring or [],
+                                      now=now)
+        self.body = self.kube.body("TaskQueue", "shop")
+        return self.kube.writes_since(mark)
+
+    def edit(self, spec: dict[str, Any]) -> None:
+        self.body = self.kube.edit_spec("TaskQueue", "shop", spec)
+
+    def settle(self) -> None:
+        """Reconcile until the Deployments have rolled out and the status says so."""
+        self.reconcile()
+        self.kube.roll_out_all()
+        self.reconcile()
+
+    def condition(self, condition_type: str) -> dict[str, Any]:
+        return next(c for c in self.body["status"]["conditions"] if c["type"] == condition_type)
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        found = self.kube.child("Deployment", name)
+        assert found is not None, f"Deployment {name} does not exist"
+        return found
+
+
+def _of_children(writes: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The writes to children, not to the TaskQueue's own status."""
+    return [write for write in writes if write[1] != "TaskQueue"]
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_a_new_taskqueue_gets_its_children_and_a_status_that_says_it_is_starting() -> None:
+    cluster = Cluster()
+    writes = cluster.reconcile()
+    applied = {(kind, name) for verb, kind, name in writes if verb == "apply"}
+    assert applied == {("Secret", "shop-broker"), ("Deployment", "shop-broker"), ("Service", "shop-broker"),
+                       ("Deployment", "shop-worker-fast"), ("Deployment", "shop-worker-slow")}
+    assert cluster.condition("BrokerReady")["reason"] == "BrokerStarting"
+    assert cluster.condition("Ready")["status"] == "False"
+    assert [(kind, reason) for _, kind, reason, _ in cluster.kube.events] == [("Normal", "BrokerStarting")]
+    assert cluster.body["status"]["brokerSecretName"] == "shop-broker"
+
+
+def test_a_settled_taskqueue_costs_no_write() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    assert cluster.condition("Ready")["status"] == "True"
+    events = list(cluster.kube.events)
+    for _ in range(3):
+        assert cluster.reconcile() == [], "nothing changed: nothing written"
+    assert cluster.kube.events == events, "no Event without a change"
+
+
+def test_removing_an_env_var_and_the_pod_labels_reaches_every_worker_and_nothing_else() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    edited = copy.deepcopy(SPEC)
+    edited["env"] = [{"name": "KEEP", "value": "2"}]
+    del edited["pod"]
+    cluster.edit(edited)
+    writes = cluster.reconcile()
+    assert {name for verb, kind, name in writes if verb == "apply"} == WORKERS
+    for name in WORKERS:
+        deployment = cluster.deployment(name)
+        assert [e["name"] for e in _container(deployment)["env"]] == ["KEEP", "CELERY_BROKER_URL"]
+        assert "team" not in deployment["spec"]["template"]["metadata"]["labels"]
+    cluster.kube.roll_out_all()
+    cluster.reconcile()
+    assert cluster.reconcile() == [], "settled again"
+
+
+def test_removing_a_queues_overrides_reaches_only_its_worker() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    edited = copy.deepcopy(SPEC)
+    edited["queues"][1] = {"name": "slow", "replicas": 2}
+    cluster.edit(edited)
+    assert {name for verb, _, name in cluster.reconcile() if verb == "apply"} == {"shop-worker-slow"}
+    command = _container(cluster.deployment("shop-worker-slow"))["command"]
+    assert command[command.index("--concurrency") + 1] == "2"
+
+
+def test_turning_flower_off_deletes_its_children_only() -> None:
+    cluster = Cluster({**SPEC, "flower": {"enabled": True}})
+    cluster.settle()
+    assert cluster.kube.child("Deployment", "shop-flower")["spec"]["template"]["spec"]["containers"][0][
+        "image"] == "mher/flower:2.0", "the operator's default image"
+    cluster.edit({**SPEC, "flower": {"enabled": False}})
+    writes = cluster.reconcile()
+    assert sorted(_of_children(writes)) == [("delete", "Deployment", "shop-flower"), ("delete", "Service", "shop-flower")]
+
+
+def test_an_edit_of_a_field_the_operator_sets_is_reverted() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    cluster.kube.objects[("Deployment", "ns", "shop-worker-fast")].body["spec"]["template"]["spec"]["containers"][0][
+        "image"] = "evil:1"
+    assert _of_children(cluster.reconcile()) == [("apply", "Deployment", "shop-worker-fast")]
+    assert _container(cluster.deployment("shop-worker-fast"))["image"] == "acme/shop:1"
+
+
+def test_an_object_of_a_childs_name_that_is_not_ours_is_never_touched() -> None:
+    cluster = Cluster()
+    foreign = {"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "shop-worker-fast", "namespace": "ns"}, "spec": {"replicas": 0}}
+    cluster.kube.add_foreign(foreign)
+    writes = cluster.reconcile()
+    assert writes == [("status", "TaskQueue", "shop")], "a blocked pass touches no child"
+    assert (cluster.condition("Ready")["status"], cluster.condition("Ready")["reason"]) == ("False", "NameConflict")
+    assert cluster.kube.events[-1][1:3] == ("Warning", "NameConflict")
+    assert cluster.kube.child("Deployment", "shop-worker-fast")["spec"] == {"replicas": 0}
+
+
+def test_an_autoscaled_queue_starts_at_min_replicas_with_replicas_owned_by_the_scaler() -> None:
+    spec = {**SPEC, "queues": [{"name": "fast", "autoscaling": {"minReplicas": 1, "maxReplicas": 5}}]}
+    cluster = Cluster(spec)
+    writes = cluster.reconcile()
+    assert ("scale", "Deployment", "shop-worker-fast") in writes
+    deployment = cluster.deployment("shop-worker-fast")
+    assert deployment["spec"]["replicas"] == 1
+    cluster.kube.scale("ns", "shop-worker-fast", 4, cluster.runtime.settings.scaler_field_manager)
+    cluster.kube.roll_out_all()
+    cluster.reconcile()
+    assert cluster.reconcile() == [], "the reconciler leaves the scaler's replicas alone"
+    assert cluster.deployment("shop-worker-fast")["spec"]["replicas"] == 4
+
+
+def _pod(deployment: str, labels: dict[str, str], **container_status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": f"{deployment}-x1", "namespace": "ns", "labels": labels},
+            "status": {"containerStatuses": [{"name": "worker", "image": "acme/shop:1", "ready": False,
+                                              **container_status}]}}
+
+
+def test_a_worker_pod_that_cannot_pull_its_image_is_named_once_and_heals() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    cluster.edit({**SPEC, "image": "acme/shop:missing"})
+    cluster.reconcile()  # the new template is not rolled out
+    labels = cluster.deployment("shop-worker-fast")["spec"]["template"]["metadata"]["labels"]
+    cluster.kube.pods = [_pod("shop-worker-fast", labels, image="acme/shop:missing",
+                              state={"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling"}})]
+    cluster.kube.roll_out("shop-worker-slow")
+    events_before = len(cluster.kube.events)
+    cluster.reconcile()
+    workers = cluster.condition("WorkersReady")
+    assert (workers["status"], workers["reason"]) == ("False", "WorkerPodsFailing")
+    assert "Deployment shop-worker-fast" in workers["message"] and "ImagePullBackOff" in workers["message"]
+    assert "acme/shop:missing" in workers["message"]
+    assert (cluster.condition("Ready")["reason"], cluster.condition("Ready")["message"]) == (
+        "WorkerPodsFailing", workers["message"])
+    new_events = cluster.kube.events[events_before:]
+    assert [(kind, reason) for _, kind, reason, _ in new_events] == [("Warning", "WorkerPodsFailing")]
+    assert cluster.reconcile() == [], "the same failure is not written or told twice"
+
+    cluster.edit(SPEC)
+    cluster.reconcile()
+    cluster.kube.pods = []
+    cluster.kube.roll_out_all()
+    cluster.reconcile()
+    assert cluster.condition("Ready")["status"] == "True"
+    assert cluster.kube.events[-1][1:3] == ("Normal", "Ready")
+
+
+def test_a_crash_looping_broker_is_told_in_broker_ready() -> None:
+    cluster = Cluster()
+    cluster.reconcile()
+    labels = cluster.deployment("shop-broker")["spec"]["template"]["metadata"]["labels"]
+    cluster.kube.pods = [_pod("shop-broker", labels, state={"waiting": {"reason": "CrashLoopBackOff"}},
+                              lastState={"terminated": {"reason": "OOMKilled", "exitCode": 137}})]
+    cluster.reconcile()
+    broker = cluster.condition("BrokerReady")
+    assert (broker["reason"], cluster.condition("Ready")["reason"]) == ("BrokerPodFailing", "BrokerPodFailing")
+    assert "Deployment shop-broker" in broker["message"] and "OOMKilled" in broker["message"]
+    assert cluster.kube.events[-1][1:3] == ("Warning", "BrokerPodFailing")
+
+
+def test_a_settled_taskqueue_reads_no_pods() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    calls = []
+    cluster.kube.list_pods = lambda *args: calls.append(args) or []  # type: ignore[method-assign]
+    cluster.reconcile()
+    assert calls == []
+
+
+def test_the_beat_of_periodicjobs_carries_their_schedule_in_the_broker() -> None:
+    cluster = Cluster({**SPEC, "broker": {"url": "redis://redis.shared:6379/0"}})
+    job = {"apiVersion": "celery-operator.dev/v1alpha1", "kind": "PeriodicJob",
+           "metadata": {"name": "nightly", "namespace": "ns", "uid": "pj-1", "generation": 1},
+           "spec": {"taskQueueRef": {"name": "shop"}, "task": "myapp.tasks.cleanup", "schedule": "0 3 * * *"}}
+    writes = cluster.reconcile([job])
+    assert ("apply", "Deployment", "shop-beat") in writes
+    [(location, state)] = cluster.runtime.beat_state.states.items()  # type: ignore[attr-defined]
+    assert location == ("redis://redis.shared:6379/0", "celery-operator:beat:{ns/shop}:")
+    assert list(state.jobs) == ["nightly"]
+    assert cluster.condition("BeatReady")["reason"] == "BeatNotAvailable"
+
+    cluster.kube.roll_out_all()
+    state.heartbeat = {"instance": "shop-beat-abc"}
+    cluster.reconcile([job])
+    assert (cluster.condition("BeatReady")["status"], cluster.condition("BeatReady")["reason"]) == (
+        "True", "BeatRunning")
+    assert cluster.reconcile([job]) == [] and cluster.runtime.beat_state.writes == 1  # type: ignore[attr-defined]
+
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+    writes = cluster.reconcile([], now=later)  # past the grace a just-written entry gets (beat/jobs.py)
+    assert ("delete", "Deployment", "shop-beat") in writes
+    assert state.jobs == {}, "the job leaves the schedule with the beat"
+    assert "BeatReady" not in {c["type"] for c in cluster.body["status"]["conditions"]}
+
+
+def test_an_unreachable_broker_is_told_and_heals() -> None:
+    url = "redis://redis.shared:6379/0"
+    cluster = Cluster({**SPEC, "broker": {"url": url}})
+    cluster.runtime.brokers.unreachable[url] = "broker not reachable: ConnectionError"  # type: ignore[attr-defined]
+    cluster.settle()
+    assert (cluster.condition("BrokerReady")["reason"], cluster.condition("Ready")["reason"]) == (
+        "BrokerUnreachable", "BrokerUnreachable")
+    cluster.runtime.brokers.unreachable.clear()  # type: ignore[attr-defined]
+    cluster.reconcile()
+    assert cluster.condition("Ready")["status"] == "True"

@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane up down status clean
+.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane images up down status clean
 
 help:
 	@echo "make demo   - run the main job on this machine (devcluster + operator + sample app)"
@@ -36,7 +36,12 @@ system-packages:
 controlplane: venv
 	$(VPY) -m devcluster build
 
-test: venv system-packages controlplane
+# Every image the devcluster runs, built here and cached in ~/.cache/celery-operator/images
+# (devcluster/images.py: about 10 minutes cold on 2 cores, then found at once).
+images: venv system-packages
+	$(VPY) -m devcluster images
+
+test: venv system-packages controlplane images
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv

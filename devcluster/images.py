@@ -15,7 +15,9 @@ returns at once and starts nothing; `ctr images import <archive>` loads an image
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -352,6 +354,7 @@ def _go_env() -> dict[str, str]:
     return env
 
 
+@functools.cache
 def go_version() -> str:
     return _tool_version(["go", "env", "GOVERSION"], "go-version")
 
@@ -394,13 +397,11 @@ def _compile_pause(out: Path) -> None:
     _run_step("pause-strip", ["strip", str(out / "pause")], quiet=True)
 
 
-def _ensure_binary(binary: Binary, allow_build: bool) -> tuple[Path, dict[str, str]]:
-    identity = _binary_identity(binary)
+def _ensure_binary(binary: Binary, identity: Mapping[str, str]) -> Path:
+    """The binary, compiled once per identity (its image's key needs only the identity)."""
     target = _binary_path(binary, identity)
     if target.is_file():
-        return target, identity
-    if not allow_build:
-        raise _Missing(binary.name)
+        return target
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{binary.name}-", dir=target.parent.parent))
     try:
@@ -412,7 +413,7 @@ def _ensure_binary(binary: Binary, allow_build: bool) -> tuple[Path, dict[str, s
         os.replace(staging / binary.name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target, identity
+    return target
 
 
 def _python_version(interpreter: str) -> str | None:
@@ -678,12 +679,42 @@ class _Builder:
         self.recipes = recipes()
         self.resolved: dict[str, Image] = {}
         self._docker: PrivateDocker | None = None
+        self._compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
+        self._compiles: dict[str, concurrent.futures.Future[Path]] = {}
 
     def close(self) -> None:
+        self._compiler.shutdown(wait=True, cancel_futures=True)
         if self._docker is not None:
-            self._docker.run("prune", "builder", "prune", "--force", "--keep-storage", "4GB", quiet=True)
-            self._docker.stop()
-            self._docker = None
+            try:
+                self._docker.run("prune-images", "image", "prune", "--force", quiet=True)
+                self._docker.run("prune-cache", "builder", "prune", "--force", "--keep-storage", "4GB", quiet=True)
+            finally:
+                self._docker.stop()
+                self._docker = None
+
+    def start_compiles(self, keys: Iterable[str]) -> None:
+        """Compile the Go binaries of images that will be built on a second thread, so that these
+        CPU-bound compiles overlap debootstrap's downloads and the docker builds."""
+        for key in keys:
+            recipe = self.recipes[key]
+            if not (isinstance(recipe, Dockerfile) and isinstance(recipe.binary, GoBinary)):
+                continue
+            identity = _binary_identity(recipe.binary)
+            if not _cached(key, recipe.reference, digest_of(self._inputs(recipe, None, [], None, identity))):
+                self._compiles[key] = self._compiler.submit(_ensure_binary, recipe.binary, identity)
+
+    def _binary(self, recipe: Dockerfile, identity: Mapping[str, str]) -> Path:
+        assert recipe.binary is not None
+        compiling = self._compiles.get(recipe.key)
+        return compiling.result() if compiling else _ensure_binary(recipe.binary, identity)
+
+    @staticmethod
+    def _inputs(recipe: Dockerfile, base: Image | None, context: Sequence[FileEntry], wheels_dir: Path | None,
+                binary_identity: Mapping[str, str] | None) -> dict[str, object]:
+        return dockerfile_inputs(
+            recipe, dockerfile_sha256=_sha256_file(recipe.dockerfile), context=context,
+            base_image_id=read_record(base).image_id if base else None,
+            wheels=_wheel_entries(wheels_dir) if wheels_dir else [], binary=binary_identity)
 
     def docker(self) -> PrivateDocker:
         if self._docker is None:
@@ -738,18 +769,15 @@ class _Builder:
         context = context_files(recipe.context) if recipe.context else []
         wheels_dir = _ensure_wheels(recipe.wheels, _base_python(base, recipe), self.allow_build) if recipe.wheels \
             else None
-        binary_path, binary_identity = (_ensure_binary(recipe.binary, self.allow_build) if recipe.binary
-                                        else (None, None))
-        inputs = dockerfile_inputs(
-            recipe, dockerfile_sha256=_sha256_file(recipe.dockerfile), context=context,
-            base_image_id=read_record(base).image_id if base else None,
-            wheels=_wheel_entries(wheels_dir) if wheels_dir else [], binary=binary_identity)
+        binary_identity = _binary_identity(recipe.binary) if recipe.binary else None
+        inputs = self._inputs(recipe, base, context, wheels_dir, binary_identity)
         digest = digest_of(inputs)
         found = _cached(recipe.key, recipe.reference, digest)
         if found:
             return found
         if not self.allow_build:
             raise _Missing(recipe.key)
+        binary_path = self._binary(recipe, binary_identity) if binary_identity else None
         work = images_dir() / "work" / recipe.key
         _remove_tree(work)
         try:
@@ -846,6 +874,8 @@ def _ordered(keys: Iterable[str] | None) -> list[str]:
 def _resolve_all(keys: list[str], allow_build: bool) -> dict[str, Image]:
     builder = _Builder(allow_build)
     try:
+        if allow_build:
+            builder.start_compiles(keys)
         return {key: builder.image(key) for key in keys}
     finally:
         builder.close()

@@ -114,6 +114,46 @@ def test_removing_an_env_var_and_the_pod_labels_reaches_every_worker_and_nothing
     assert cluster.reconcile() == [], "settled again"
 
 
+FULL: dict[str, Any] = {
+    **SPEC,
+    "serviceAccountName": "shop",
+    "envFrom": [{"configMapRef": {"name": "shop-config"}}],
+    "pod": {"labels": {"team": "blue"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+    "broker": {"managed": {"resources": {"requests": {"memory": "64Mi"}}}},
+    "workers": {"resources": {"requests": {"cpu": "100m"}}, "extraArgs": ["--without-gossip"]},
+    "flower": {"enabled": True, "resources": {"requests": {"cpu": "10m"}}},
+}
+FLOWER_AND_WORKERS = WORKERS | {"shop-flower"}
+
+
+@pytest.mark.parametrize(("removed", "reached"), [
+    ("envFrom", WORKERS),
+    ("serviceAccountName", FLOWER_AND_WORKERS),
+    ("pod.tolerations", FLOWER_AND_WORKERS),
+    ("workers.resources", WORKERS),
+    ("workers.extraArgs", WORKERS),
+    ("broker.managed.resources", {"shop-broker"}),
+    ("flower.resources", {"shop-flower"}),
+])
+def test_a_removal_reaches_exactly_the_deployments_built_from_it(removed: str, reached: set[str]) -> None:
+    cluster = Cluster(FULL)
+    cluster.settle()
+    before = {name: cluster.deployment(name)["spec"] for name in reached}
+    edited = copy.deepcopy(FULL)
+    *parents, last = removed.split(".")
+    node = edited
+    for part in parents:
+        node = node[part]
+    del node[last]
+    cluster.edit(edited)
+    assert {name for verb, _, name in cluster.reconcile() if verb == "apply"} == reached
+    for name in reached:
+        assert cluster.deployment(name)["spec"] != before[name], f"{removed} is still in {name}"
+    cluster.kube.roll_out_all()
+    cluster.reconcile()
+    assert cluster.reconcile() == [], "settled again"
+
+
 def test_removing_a_queues_overrides_reaches_only_its_worker() -> None:
     cluster = Cluster()
     cluster.settle()

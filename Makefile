@@ -26,11 +26,16 @@ venv: $(STAMP)
 
 # Debian packages the tests run for real (we run as root); tests start their own servers on
 # free ports (apt's attempt to start the system services is refused here, which is harmless).
+# The devcluster's nodes: containerd, runc, CNI plugins, iptables, iproute2 (netns, bridges);
+# its images: debootstrap (the Debian base), docker.io (a private dockerd builds them), gcc and
+# libc6-dev (the static pause binary).
+DEBIAN_PACKAGES := redis-server rabbitmq-server containerd runc containernetworking-plugins iptables \
+	iproute2 kmod util-linux debootstrap docker.io gcc libc6-dev ca-certificates
 system-packages:
-	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
-	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
+	@missing=$$(for package in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$package 2>/dev/null | grep -q '^install ok installed' || echo $$package; \
+	done); \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
 
 # Builds once into ~/.cache/celery-operator (about 7 minutes cold on 2 cores), then finds it.
 controlplane: venv

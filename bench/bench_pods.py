@@ -1,8 +1,10 @@
-"""Node agent benchmark: time from Deployment create to all N pods Ready (N = 1, 10, 50), and the
-agent's CPU use (user + system seconds per minute) while 50 idle pods run.
+"""Pods on the devcluster's real nodes: time from Deployment create to all N pods Ready
+(N = 1, 10, 50) from the locally built Debian base image, and the node's CPU use (kubelet,
+containerd, kube-proxy and the containers' shims; user + system seconds per minute) while the
+50 idle pods run.
 
-    .venv/bin/python bench/bench_node_agent.py [--dir CLUSTER_DIR] [--sizes 1,10,50] [--idle-seconds 60]
-                                                [--probes]
+    .venv/bin/python bench/bench_pods.py [--dir CLUSTER_DIR] [--sizes 1,10,50] [--idle-seconds 60]
+                                         [--probes]
 
 Without --dir a fresh devcluster is started in a temporary directory and stopped at the end;
 with --dir an existing one is used (started if needed) and left running. --probes adds a row
@@ -23,13 +25,16 @@ import kubernetes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devcluster import cluster  # noqa: E402
+from devcluster import cluster, images, network  # noqa: E402
 
 IDLE_PROGRAM = "import time\nwhile True: time.sleep(3600)"
 
 
 def deployment(name: str, replicas: int, probe: bool) -> dict:
-    container: dict = {"name": "idle", "image": "python:3.12-slim", "command": ["python", "-c", IDLE_PROGRAM]}
+    image = images.build_images(["debian-base"])["debian-base"].reference
+    container: dict = {"name": "idle", "image": image, "command": ["python3", "-c", IDLE_PROGRAM],
+                       "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                           "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
     if probe:
         container["readinessProbe"] = {"exec": {"command": ["true"]}, "periodSeconds": 10}
     return {
@@ -71,21 +76,25 @@ def remove(client: kubernetes.client.ApiClient, namespace: str, name: str) -> No
                60, "the Deployment to go", interval=0.2)
 
 
-def agent_pid(cluster_dir: Path) -> int:
-    return int((cluster_dir / "pids" / "agent.pid").read_text().split()[0])
+def node_pids(cluster_dir: Path) -> list[int]:
+    """The node's own processes: kubelet, containerd, kube-proxy and the shims (not the containers)."""
+    return network.netns_pids(cluster.Cluster(cluster_dir.resolve()).state().network.netns_path(1))
 
 
 def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def agent_cpu_per_minute(cluster_dir: Path, seconds: float) -> float:
-    pid = agent_pid(cluster_dir)
-    before, started = cpu_seconds(pid), time.monotonic()
+def node_cpu_per_minute(cluster_dir: Path, seconds: float) -> float:
+    pids = node_pids(cluster_dir)
+    before, started = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
     time.sleep(seconds)
-    used, elapsed = cpu_seconds(pid) - before, time.monotonic() - started
+    used, elapsed = sum(cpu_seconds(pid) for pid in pids) - before, time.monotonic() - started
     return used * 60 / elapsed
 
 
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(size) for size in args.sizes.split(",")]
 
     own_dir = args.dir is None
-    cluster_dir = Path(tempfile.mkdtemp(prefix="bench-node-agent-")) if own_dir else args.dir
+    cluster_dir = Path(tempfile.mkdtemp(prefix="bench-pods-")) if own_dir else args.dir
     running = cluster.up(cluster_dir)
     rows: list[tuple[str, str]] = []
     try:
@@ -119,15 +128,15 @@ def main(argv: list[str] | None = None) -> int:
                 report(f"Deployment of {size} pod(s): create -> all Ready", f"{seconds:.2f} s")
                 if size == max(sizes):
                     time.sleep(5)  # let the start-up settle before measuring the idle cost
-                    cpu = agent_cpu_per_minute(cluster_dir, args.idle_seconds)
-                    report(f"agent CPU with {size} idle pods (user+sys)", f"{cpu:.2f} s/min")
+                    cpu = node_cpu_per_minute(cluster_dir, args.idle_seconds)
+                    report(f"node CPU with {size} idle pods (user+sys)", f"{cpu:.2f} s/min")
                 remove(client, namespace, f"bench-{size}")
             if args.probes:
                 size = max(sizes)
                 time_to_ready(client, namespace, "bench-probed", size, probe=True)
                 time.sleep(5)
-                cpu = agent_cpu_per_minute(cluster_dir, args.idle_seconds)
-                report(f"agent CPU with {size} idle pods, exec readiness probe every 10 s", f"{cpu:.2f} s/min")
+                cpu = node_cpu_per_minute(cluster_dir, args.idle_seconds)
+                report(f"node CPU with {size} idle pods, exec readiness probe every 10 s", f"{cpu:.2f} s/min")
                 remove(client, namespace, "bench-probed")
         finally:
             core.delete_namespace(namespace)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from devcluster import addons, build, network, nodes, pki
+from devcluster import addons, build, images, network, nodes, pki
 from devcluster.network import ClusterNetwork
 from devcluster.ports import free_port
 
@@ -55,7 +55,7 @@ class ComponentExited(ClusterError):
 
 # a component that exits at start is retried on fresh ports
 START_ATTEMPTS = 3
-DEFAULT_NODES = int(os.environ.get("DEVCLUSTER_NODES", "0"))
+DEFAULT_NODES = int(os.environ.get("DEVCLUSTER_NODES", "1"))
 
 
 @dataclass
@@ -464,7 +464,7 @@ def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, nodes: int | No
     if is_healthy(cluster) and current.agent == agent and current.nodes == node_count:
         return cluster
     bin_dir = build.build()
-    built = _images().build_images() if node_count else {}
+    built = images.build_images() if node_count else {}
     down(cluster.dir)
     cluster.dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, START_ATTEMPTS + 1):
@@ -478,7 +478,7 @@ def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, nodes: int | No
                 _wait_until(f"node {state.node_name} to be Ready", lambda: _node_ready(cluster, state),
                             timeout, cluster, "agent")
             if node_count:
-                _start_nodes(cluster, state, bin_dir, list(built.values()), timeout)
+                _start_nodes(cluster, state, bin_dir, built, timeout)
                 _start_addons(cluster, state, built, timeout)
             return cluster
         except ComponentExited:
@@ -504,12 +504,12 @@ def _prepare(cluster: Cluster, agent: bool, node_count: int) -> ClusterState:
     return state
 
 
-def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, loaded: list,
+def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, built: dict[str, images.Image],
                  timeout: float) -> None:
     handles = _node_handles(cluster, state)
     for node in handles:
         network.setup_node(state.network, node.index, state.nodes)
-        nodes.prepare(node, cluster.pki_dir / "ca.crt")
+        nodes.prepare(node, cluster.pki_dir / "ca.crt", built["pause"].reference)
         identity = pki.node_identity(node.name)
         pki.ensure_client(cluster.pki_dir, identity)
         _write_kubeconfig(cluster, state, node.kubelet_kubeconfig, identity.file_stem, identity.common_name)
@@ -521,7 +521,7 @@ def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, loaded: l
         _wait_until(f"containerd of {node.name}", lambda: nodes.containerd_answers(node), timeout, cluster,
                     node.component("containerd"))
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(handles)) as pool:
-        imports = [pool.submit(nodes.load_images, node, loaded) for node in handles]
+        imports = [pool.submit(nodes.load_images, node, list(built.values())) for node in handles]
         for node in handles:
             lines = nodes.command_lines(node, bin_dir)
             _launch(cluster, node.component("kubelet"), lines["kubelet"])
@@ -533,7 +533,7 @@ def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, loaded: l
             loading.result()
 
 
-def _start_addons(cluster: Cluster, state: ClusterState, built: dict, timeout: float) -> None:
+def _start_addons(cluster: Cluster, state: ClusterState, built: dict[str, images.Image], timeout: float) -> None:
     node_paths = {node.name: node.dir / "volumes" for node in _node_handles(cluster, state)}
     manifests = addons.coredns_manifests(built["coredns"].reference, state.network.dns_ip)
     manifests += addons.local_path_manifests(built["local-path-provisioner"].reference,
@@ -542,12 +542,6 @@ def _start_addons(cluster: Cluster, state: ClusterState, built: dict, timeout: f
     for namespace, name in ((addons.DNS_NAMESPACE, "coredns"), (addons.STORAGE_NAMESPACE, "local-path-provisioner")):
         _wait_until(f"deployment {namespace}/{name} to be available",
                     lambda: _deployment_available(cluster, state, namespace, name), timeout, cluster, "kube-apiserver")
-
-
-def _images():
-    from devcluster import images  # TODO(nodes): a plain import once devcluster/images.py has landed
-
-    return images
 
 
 def _kubectl(cluster: Cluster, *args: str, input: str | None = None) -> str:

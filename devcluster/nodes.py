@@ -23,7 +23,6 @@ from devcluster.network import ClusterNetwork, netns_pids
 
 RUN_ROOT = Path("/run/dc")
 CNI_BIN_DIR = "/usr/lib/cni"
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy")
 
 
@@ -48,6 +47,11 @@ class Node:
     @property
     def run_dir(self) -> Path:
         return RUN_ROOT / self.network.id / f"n{self.index}"
+
+    @property
+    def kubelet_root(self) -> Path:
+        """Short, like every path the kubelet makes unix sockets under (pod-resources, plugins)."""
+        return self.run_dir / "kubelet"
 
     @property
     def containerd_socket(self) -> Path:
@@ -80,7 +84,7 @@ class Node:
 
 # --- configuration (pure) ---------------------------------------------------------------------
 
-def containerd_config(node: Node, pause_image: str = PAUSE_IMAGE) -> str:
+def containerd_config(node: Node, pause_image: str) -> str:
     run = node.run_dir
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return "\n".join([
@@ -192,10 +196,10 @@ def kube_proxy_config(node: Node, kubeconfig: Path) -> dict:
 
 # --- files and command lines ------------------------------------------------------------------
 
-def prepare(node: Node, ca_file: Path) -> None:
-    for directory in (node.dir / "cni", node.dir / "kubelet", node.dir / "pod-logs", node.run_dir):
+def prepare(node: Node, ca_file: Path, pause_image: str) -> None:
+    for directory in (node.dir / "cni", node.kubelet_root, node.dir / "pod-logs", node.run_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    (node.dir / "containerd.toml").write_text(containerd_config(node))
+    (node.dir / "containerd.toml").write_text(containerd_config(node, pause_image))
     (node.dir / "cni" / "10-devcluster.conflist").write_text(json.dumps(cni_config(node), indent=2))
     (node.dir / "resolv.conf").write_text("")
     (node.dir / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config(node, ca_file), sort_keys=False))
@@ -213,7 +217,7 @@ def command_lines(node: Node, bin_dir: Path) -> dict[str, list[str]]:
         "containerd": _in_node(node, ["containerd", "--config", str(node.dir / "containerd.toml")]),
         "kubelet": _in_node(node, [
             str(bin_dir / "kubelet"), f"--config={node.dir / 'kubelet.yaml'}",
-            f"--kubeconfig={node.kubelet_kubeconfig}", f"--root-dir={node.dir / 'kubelet'}",
+            f"--kubeconfig={node.kubelet_kubeconfig}", f"--root-dir={node.kubelet_root}",
             f"--hostname-override={node.name}", f"--node-ip={node.ip}", "--v=1",
         ]),
         "kube-proxy": _in_node(node, [str(bin_dir / "kube-proxy"), f"--config={node.dir / 'kube-proxy.yaml'}",

@@ -24,7 +24,7 @@ def base_image() -> str:
 
 def _restricted(command: list[str], extra: dict | None = None) -> dict:
     return {
-        "image": base_image(), "imagePullPolicy": "IfNotPresent", "command": command,
+        "name": "main", "image": base_image(), "imagePullPolicy": "IfNotPresent", "command": command,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
                             "readOnlyRootFilesystem": True},
@@ -85,7 +85,7 @@ def test_pods_reach_services_by_name_and_the_host_reaches_them_too(devcluster: D
                                                  check=False).stdout, 60, "the Service by name from a pod")
     assert "web" in answer
     # the test session resolves cluster names (hostdns) and routes to Services through a node
-    address = socket.gethostbyname(f"web.{namespace}.svc")
+    address = socket.getaddrinfo(f"web.{namespace}.svc", 80, socket.AF_INET)[0][4][0]
     with socket.create_connection((address, 80), timeout=5) as connection:
         connection.sendall(f"GET /hostname HTTP/1.0\r\nHost: web.{namespace}.svc\r\n\r\n".encode())
         assert b"200 OK" in connection.recv(4096)

@@ -10,6 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from devcluster import images
 from tests.helpers import clusterdns
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.processes import free_port
@@ -52,6 +53,15 @@ class OperatorProcess:
                 self.process.wait()
 
 
+def local_image_settings() -> dict[str, str]:
+    """The operator-wide default images pointed at the ones devcluster built and loaded (an
+    air-gapped cluster's settings: nothing is pulled)."""
+    built = images.build_images(["redis", "flower", "operator"])
+    return {"CELERY_OPERATOR_REDIS_IMAGE": built["redis"].reference,
+            "CELERY_OPERATOR_FLOWER_IMAGE": built["flower"].reference,
+            "CELERY_OPERATOR_BEAT_IMAGE": built["operator"].reference}
+
+
 PYTHON_ENTRY = (sys.executable, "-m", "celery_operator")
 KOPF_ENTRY = (sys.executable, "-m", "kopf", "run", "-m", "celery_operator", "--standalone")
 
@@ -61,7 +71,7 @@ def start_operator(cluster: DevCluster, log: Path, extra_env: dict[str, str] | N
                    entry: tuple[str, ...] = PYTHON_ENTRY) -> OperatorProcess:
     port, metrics_port = free_port(), free_port()
     health_url = f"http://127.0.0.1:{port}/healthz"
-    env = {**cluster.env(), "CELERY_OPERATOR_RESYNC_SECONDS": "1", "PYTHONUNBUFFERED": "1",
+    env = {**cluster.env(), **local_image_settings(), "CELERY_OPERATOR_RESYNC_SECONDS": "1", "PYTHONUNBUFFERED": "1",
            "CELERY_OPERATOR_METRICS_PORT": str(metrics_port), "CELERY_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
            **(extra_env or {})}
     handle = log.open("w")

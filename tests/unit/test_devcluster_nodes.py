@@ -46,9 +46,9 @@ def _node(tmp_path: Path, index: int = 1) -> nodes.Node:
 
 
 def test_containerd_config_works_in_this_sandbox(tmp_path: Path) -> None:
-    config = nodes.containerd_config(_node(tmp_path))
+    config = nodes.containerd_config(_node(tmp_path), "registry.k8s.io/pause:3.10")
     assert "restrict_oom_score_adj = true" in config
-    assert f'sandbox_image = "{nodes.PAUSE_IMAGE}"' in config
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in config
     assert str(_node(tmp_path).containerd_socket) in config
     assert len(str(_node(tmp_path).containerd_socket)) < 100
 

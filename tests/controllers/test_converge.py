@@ -172,7 +172,8 @@ def test_turning_flower_off_deletes_its_children_only() -> None:
         "image"] == "mher/flower:2.0", "the operator's default image"
     cluster.edit({**SPEC, "flower": {"enabled": False}})
     writes = cluster.reconcile()
-    assert sorted(_of_children(writes)) == [("delete", "Deployment", "shop-flower"), ("delete", "Service", "shop-flower")]
+    assert sorted(_of_children(writes)) == [("delete", "Deployment", "shop-flower"),
+                                            ("delete", "Service", "shop-flower")]
 
 
 def test_an_edit_of_a_field_the_operator_sets_is_reverted() -> None:

@@ -92,7 +92,7 @@ STEPS: list[tuple[str, Callable[[dict[str, Any]], None], set[str], Callable[[str
      lambda _, c: "cost-centre" not in (c["spec"]["template"]["metadata"].get("annotations") or {})),
     ("pod.tolerations", _drop("pod.tolerations"), POD_TEMPLATE_USERS, lambda _, c: "tolerations" not in _pod(c)),
     ("serviceAccountName", _drop("serviceAccountName"), POD_TEMPLATE_USERS,
-     lambda _, c: _pod(c).get("serviceAccountName") in (None, "default")),
+     lambda _, c: not {"serviceAccountName", "serviceAccount"} & set(_pod(c))),
     ("workers.resources", _drop("workers.resources"), {WORKER_A}, lambda _, c: not _container(c).get("resources")),
     ("workers.extraArgs", _drop("workers.extraArgs"), {WORKER_A},
      lambda _, c: "--without-gossip" not in _container(c)["command"]),

@@ -360,7 +360,7 @@ def test_the_operators_beat_deployment() -> None:
     assert pod["metadata"]["labels"]["team"] == "a"
     pod_spec = pod["spec"]
     assert pod_spec["automountServiceAccountToken"] is False, "the beat needs no API access"
-    assert "serviceAccountName" not in pod_spec and "imagePullSecrets" not in pod_spec
+    assert not {"serviceAccountName", "serviceAccount", "imagePullSecrets"} & set(pod_spec)
     assert pod_spec["nodeSelector"] == {"pool": "celery"}
     assert pod_spec["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     (container,) = pod_spec["containers"]

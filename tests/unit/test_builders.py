@@ -164,7 +164,7 @@ def test_worker_pod_settings_from_spec() -> None:
     assert meta["labels"]["app.kubernetes.io/component"] == "worker"  # ours win
     assert meta["annotations"] == {"team": "a", "celery-operator.dev/queue-name": "low_priority"}
     assert "team" not in deployment["metadata"]["labels"]
-    assert pod["serviceAccountName"] == "shop"
+    assert pod["serviceAccountName"] == pod["serviceAccount"] == "shop", "both, so a removal removes both"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["terminationGracePeriodSeconds"] == 900
     assert pod["nodeSelector"] == {"pool": "celery"}

@@ -116,6 +116,7 @@ def build_beat_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, options: B
         pod_spec = template["spec"]
         # The operator's image: the user's service account and pull secrets are for spec.image.
         pod_spec.pop("serviceAccountName", None)
+        pod_spec.pop("serviceAccount", None)
         pod_spec.pop("imagePullSecrets", None)
         pod_spec["automountServiceAccountToken"] = False  # the beat never talks to the API server
         pod_spec["enableServiceLinks"] = False

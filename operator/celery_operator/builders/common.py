@@ -158,7 +158,9 @@ def celery_pod_template(
 
     pod_spec: dict[str, Any] = {}
     if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
+        # and its deprecated alias, which the API server fills in from it: owning both is what lets a
+        # removal of spec.serviceAccountName remove them (else the alias restores the name)
+        pod_spec["serviceAccountName"] = pod_spec["serviceAccount"] = spec.service_account_name
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [copy.deepcopy(dict(s)) for s in spec.image_pull_secrets]
     if termination_grace_period_seconds is not None:

@@ -54,10 +54,6 @@ class Condition:
     def is_true(self) -> bool:
         return self.status == "True"
 
-    def as_type(self, condition_type: str) -> Condition:
-        """The same finding under another type (Ready repeats the first failing condition)."""
-        return Condition(condition_type, self.status, self.reason, self.message)
-
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with second precision, as Kubernetes writes metav1.Time."""
@@ -71,11 +67,6 @@ def get_condition(conditions: Iterable[Mapping[str, Any]] | None, condition_type
         if condition.get("type") == condition_type:
             return dict(condition)
     return None
-
-
-def is_true(conditions: Iterable[Mapping[str, Any]] | None, condition_type: str) -> bool:
-    condition = get_condition(conditions, condition_type)
-    return condition is not None and condition.get("status") == "True"
 
 
 def set_condition(conditions: Sequence[Mapping[str, Any]] | None, condition: Condition, *,

@@ -134,10 +134,6 @@ class History:
     observed_since: float | None = None
     last_busy: float | None = None
 
-    def highest_since(self, since: float) -> int | None:
-        values = [s.desired for s in self.samples if s.time >= since]
-        return max(values) if values else None
-
 
 Direction = Literal["up", "down", "none"]
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from celery_operator import reconcile
-from celery_operator.broker.depth import QueueDepth  # noqa: F401  (the fakes' vocabulary)
 from tests.controllers.fakes import FakeKube, fake_runtime
+from tests.helpers.specs import every_removable_field
 
 pytestmark = pytest.mark.controllers
 
@@ -114,22 +114,16 @@ def test_removing_an_env_var_and_the_pod_labels_reaches_every_worker_and_nothing
     assert cluster.reconcile() == [], "settled again"
 
 
-FULL: dict[str, Any] = {
-    **SPEC,
-    "serviceAccountName": "shop",
-    "envFrom": [{"configMapRef": {"name": "shop-config"}}],
-    "pod": {"labels": {"team": "blue"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
-    "broker": {"managed": {"resources": {"requests": {"memory": "64Mi"}}}},
-    "workers": {"resources": {"requests": {"cpu": "100m"}}, "extraArgs": ["--without-gossip"]},
-    "flower": {"enabled": True, "resources": {"requests": {"cpu": "10m"}}},
-}
-FLOWER_AND_WORKERS = WORKERS | {"shop-flower"}
+FULL: dict[str, Any] = {**SPEC, **every_removable_field()}
+POD_TEMPLATE_USERS = WORKERS | {"shop-flower", "shop-beat"}
 
 
 @pytest.mark.parametrize(("removed", "reached"), [
-    ("envFrom", WORKERS),
-    ("serviceAccountName", FLOWER_AND_WORKERS),
-    ("pod.tolerations", FLOWER_AND_WORKERS),
+    ("envFrom", WORKERS | {"shop-beat"}),
+    ("serviceAccountName", POD_TEMPLATE_USERS),
+    ("pod.tolerations", POD_TEMPLATE_USERS),
+    ("pod.affinity", POD_TEMPLATE_USERS),
+    ("beat.resources", {"shop-beat"}),
     ("workers.resources", WORKERS),
     ("workers.extraArgs", WORKERS),
     ("broker.managed.resources", {"shop-broker"}),

@@ -11,33 +11,13 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.specs import QUEUES, every_removable_field
 from tests.helpers.taskqueues import TaskQueues, taskqueue
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 NAME = "rm"
-FULL_SPEC: dict[str, Any] = {
-    "serviceAccountName": "rm-app",
-    "env": [{"name": "FOO", "value": "1"}, {"name": "KEEP", "value": "2"}],
-    "envFrom": [{"configMapRef": {"name": "rm-config", "optional": True}}],
-    "pod": {
-        "labels": {"team": "blue"},
-        "annotations": {"cost-centre": "42"},
-        # no node has these: the Celery pods stay Pending, so nothing but the manifests is at stake
-        "nodeSelector": {"disk": "ssd"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "celery", "effect": "NoSchedule"}],
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["nowhere"]}]}]}}},
-    },
-    "broker": {"managed": {"resources": {"requests": {"memory": "64Mi"}}}},
-    "workers": {"resources": {"requests": {"cpu": "100m"}}, "extraArgs": ["--without-gossip"]},
-    "beat": {"scheduler": "myproject.schedulers:Nothing", "resources": {"requests": {"cpu": "10m"}}},
-    "flower": {"enabled": True, "resources": {"requests": {"cpu": "20m"}}},
-}
-QUEUES = [{"name": "a", "replicas": 0},
-          {"name": "b", "replicas": 0, "concurrency": 8, "resources": {"limits": {"memory": "256Mi"}},
-           "extraArgs": ["-O", "fair"]}]
 
 WORKER_A, WORKER_B = "Deployment/rm-worker-a", "Deployment/rm-worker-b"
 WORKERS = {WORKER_A, WORKER_B}
@@ -135,7 +115,7 @@ def _pass_done(tqs: TaskQueues) -> bool:
 
 
 def test_each_removal_reaches_its_children_and_nothing_else(tqs: TaskQueues) -> None:
-    spec = {**copy.deepcopy(FULL_SPEC), "queues": copy.deepcopy(QUEUES)}
+    spec = {**every_removable_field(), "queues": copy.deepcopy(QUEUES)}
     tqs.apply(taskqueue(NAME, **spec))
     wait_for(lambda: len(_children(tqs)) == 8 and _pass_done(tqs), 60, "every child of the full spec")
     before = {key: _fingerprint(child) for key, child in _children(tqs).items()}

@@ -81,13 +81,13 @@ def test_status_must_be_true_false_or_unknown() -> None:
         ready(None, "true")  # type: ignore[arg-type]
 
 
-def test_get_and_is_true() -> None:
+def test_get_condition_and_typed_values() -> None:
     existing = ready(None, "True")
     assert conditions.get_condition(existing, "Ready")["reason"] == "AllReady"  # type: ignore[index]
     assert conditions.get_condition(existing, "BeatReady") is None
-    assert conditions.is_true(existing, "Ready")
-    assert not conditions.is_true(ready(None, "False"), "Ready")
-    assert not conditions.is_true([], "Ready")
+    assert conditions.Condition.true("Ready", "Ready", "ok").is_true
+    assert not conditions.Condition.false("Ready", "NameConflict", "x").is_true
+    assert conditions.Condition.unknown("Autoscaling", "WaitingForBroker", "").status == "Unknown"
 
 
 def test_remove_condition() -> None:

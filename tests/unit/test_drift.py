@@ -13,6 +13,7 @@ import pytest
 from celery_operator import builders, drift, naming
 from celery_operator.builders.beat import BeatOptions
 from celery_operator.models import ObjectIdentity, parse_taskqueue_spec
+from tests.helpers.specs import QUEUES, every_removable_field
 
 pytestmark = pytest.mark.unit
 
@@ -20,30 +21,8 @@ OWNER = ObjectIdentity(name="shop", namespace="prod", uid="u-1", generation=4)
 PASSWORD = "not-a-real-password-0123456789"
 IMAGES = builders.DefaultImages(beat="operator:1", redis="redis:7.4-alpine", flower="mher/flower:2.0")
 
-EVERYTHING: dict[str, Any] = {
-    "image": "ghcr.io/acme/shop:1.4.2",
-    "app": "myproject",
-    "serviceAccountName": "shop",
-    "env": [{"name": "FOO", "value": "1"}, {"name": "KEEP", "value": "2"}],
-    "envFrom": [{"configMapRef": {"name": "shop-config"}}],
-    "pod": {
-        "labels": {"team": "blue"},
-        "annotations": {"cost-centre": "42"},
-        "nodeSelector": {"disk": "ssd"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "celery", "effect": "NoSchedule"}],
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
-    },
-    "broker": {"managed": {"resources": {"requests": {"memory": "256Mi"}}}},
-    "workers": {"resources": {"requests": {"cpu": "500m"}}, "extraArgs": ["--without-gossip"]},
-    "queues": [
-        {"name": "a", "replicas": 1},
-        {"name": "b", "replicas": 1, "concurrency": 8, "resources": {"limits": {"memory": "1Gi"}},
-         "extraArgs": ["-O", "fair"]},
-    ],
-    "beat": {"scheduler": "django_celery_beat.schedulers:DatabaseScheduler", "resources": {"requests": {"cpu": "50m"}}},
-    "flower": {"enabled": True, "resources": {"requests": {"cpu": "20m"}}},
-}
+EVERYTHING: dict[str, Any] = {"image": "ghcr.io/acme/shop:1.4.2", "app": "myproject", **every_removable_field(),
+                              "queues": QUEUES}
 
 WORKERS = {"Deployment/shop-worker-a", "Deployment/shop-worker-b"}
 BEAT = {"Deployment/shop-beat"}
@@ -94,7 +73,7 @@ def _without(path: str) -> Callable[[dict[str, Any]], None]:
 
 
 def _without_queue_overrides(spec: dict[str, Any]) -> None:
-    spec["queues"][1] = {"name": "b", "replicas": 1}
+    spec["queues"][1] = {"name": "b", "replicas": 0}
 
 
 REMOVALS = {

@@ -105,8 +105,10 @@ this chart (tests/e2e/test_chart_rbac.py) and from operator/celery_operator/kube
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
-# Worker pods (autoscaling): kopf indexes them (list, watch); the scaler merge-patches the
-# controller.kubernetes.io/pod-deletion-cost annotation on them, so scale-down removes idle
+# Pods of our children: kopf indexes the worker pods (list, watch); the reconciler lists a
+# TaskQueue's pods by label while one of its Deployments has not rolled out, to name the kubelet's
+# reason when they cannot run (image pull, config, crash loop, OOM); the scaler merge-patches the
+# controller.kubernetes.io/pod-deletion-cost annotation on worker pods, so scale-down removes idle
 # workers first.
 - apiGroups: [""]
   resources: ["pods"]

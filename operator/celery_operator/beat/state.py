@@ -23,7 +23,6 @@ loop backs off on them); no password reaches a message or a repr.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Mapping
@@ -35,7 +34,7 @@ import redis
 from .. import naming
 from ..broker.connections import DEFAULT_TIMEOUT, redis_client
 from ..broker.urls import BrokerUnavailable, is_redis_url, redact
-from .jobs import format_fired, parse_fired
+from .jobs import decode_entry, format_fired, parse_fired
 
 LEASE_MS: Final = 5000
 HEARTBEAT_MS: Final = 10_000  # the operator calls the beat gone once the heartbeat key expired
@@ -103,13 +102,8 @@ def _text(value: bytes | str) -> str:
 
 
 def _heartbeat(value: bytes | str | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    try:
-        decoded = json.loads(value)
-    except (TypeError, ValueError):
-        return {}
-    return decoded if isinstance(decoded, dict) else {}
+    """The leading beat's report; an unreadable one still says a beat leads."""
+    return None if value is None else (decode_entry(value) or {})
 
 
 # --- the operator's side --------------------------------------------------------------------------

@@ -561,6 +561,14 @@ def _stop_leftover(pidfile: Path, marker: str) -> None:
     pidfile.unlink(missing_ok=True)
 
 
+def _daemon(argv: list[str], log: Path) -> subprocess.Popen:
+    # A session of its own: a Ctrl-C meant for the build does not kill the daemon before the
+    # build stops it (a daemon left by a killed build is stopped by the next one).
+    with log.open("w") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
 class PrivateDocker:
     """A dockerd with its own containerd, data and sockets under the cache, running only while a
     `with` block builds. Builders are serialized by the lock in images_dir()."""
@@ -596,16 +604,11 @@ class PrivateDocker:
         config = self.root / "containerd.toml"
         config.write_text(_containerd_config(self.root, self.sockets))
         (self.root / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.root / "key.json")}))
-        logs = _logs_dir()
-        self._containerd = subprocess.Popen(["containerd", "--config", str(config)], stdin=subprocess.DEVNULL,
-                                            stdout=(logs / "containerd.log").open("w"), stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self._containerd = _daemon(["containerd", "--config", str(config)], _logs_dir() / "containerd.log")
         (self.root / "containerd.pid").write_text(str(self._containerd.pid))
         self._wait_until("containerd", ["ctr", "--address", str(self.sockets / "containerd.sock"), "version"],
                          self._containerd)
-        self._dockerd = subprocess.Popen(_dockerd_argv(self.root, self.sockets), stdin=subprocess.DEVNULL,
-                                         stdout=(logs / "dockerd.log").open("w"), stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        self._dockerd = _daemon(_dockerd_argv(self.root, self.sockets), _logs_dir() / "dockerd.log")
         self._wait_until("dockerd", [DOCKER, "version"], self._dockerd)
         _log(f"private dockerd up in {time.monotonic() - started:.1f}s")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
+import fcntl
 import importlib.util
 import ipaddress
 import json
@@ -258,6 +260,28 @@ def _api_get(cluster: Cluster, state: ClusterState, path: str) -> dict | None:
         return None
 
 
+def _api_delete(cluster: Cluster, state: ClusterState, path: str) -> None:
+    request = urllib.request.Request(state.server + path, method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=_admin_ssl_context(cluster)):
+            pass
+    except (urllib.error.URLError, OSError):
+        pass
+
+
+def _kubernetes_service_points_here(cluster: Cluster, state: ClusterState) -> bool:
+    """The `kubernetes` Service's endpoints name this start's port. The API server's lease
+    reconciler keeps stale ones from a previous start (same address, older port), so they go."""
+    endpoints = _api_get(cluster, state, "/api/v1/namespaces/default/endpoints/kubernetes") or {}
+    ports = {p.get("port") for subset in endpoints.get("subsets", []) for p in subset.get("ports", [])}
+    if ports == {state.apiserver_port}:
+        return True
+    if ports:
+        _api_delete(cluster, state, "/api/v1/namespaces/default/endpoints/kubernetes")
+        _api_delete(cluster, state, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes")
+    return False
+
+
 def _node_ready(cluster: Cluster, state: ClusterState) -> bool:
     return _named_node_ready(cluster, state, state.node_name)
 
@@ -451,11 +475,25 @@ def is_healthy(cluster: Cluster) -> bool:
     return _http_ok(state.server + "/readyz", _admin_ssl_context(cluster))
 
 
+@contextlib.contextmanager
+def _exclusive(directory: Path):
+    """One `up` or `down` at a time per cluster directory (a second waits for the first)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, nodes: int | None = None,
        timeout: float = 180) -> Cluster:
     """Start the cluster in `directory`, or leave it be if it already runs healthily.
 
     `nodes` real nodes (kubelet on containerd); 0 runs the process node agent instead."""
+    with _exclusive(directory.resolve()):
+        return _up(directory, agent, nodes, timeout)
+
+
+def _up(directory: Path, agent: bool | None, nodes: int | None, timeout: float) -> Cluster:
     cluster = Cluster(directory.resolve())
     node_count = DEFAULT_NODES if nodes is None else nodes
     if agent is None:
@@ -465,7 +503,7 @@ def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, nodes: int | No
         return cluster
     bin_dir = build.build()
     built = images.build_images() if node_count else {}
-    down(cluster.dir)
+    _down(cluster.dir)
     cluster.dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, START_ATTEMPTS + 1):
         state = _prepare(cluster, agent, node_count)
@@ -482,11 +520,11 @@ def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, nodes: int | No
                 _start_addons(cluster, state, built, timeout)
             return cluster
         except ComponentExited:
-            down(cluster.dir)
+            _down(cluster.dir)
             if attempt == START_ATTEMPTS:
                 raise
         except BaseException:
-            down(cluster.dir)
+            _down(cluster.dir)
             raise
     raise AssertionError("unreachable")
 
@@ -515,6 +553,8 @@ def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, built: di
         _write_kubeconfig(cluster, state, node.kubelet_kubeconfig, identity.file_stem, identity.common_name)
         _write_kubeconfig(cluster, state, node.proxy_kubeconfig, "kube-proxy", "system:kube-proxy")
     network.route_services(state.network)
+    _wait_until("the kubernetes Service's endpoints", lambda: _kubernetes_service_points_here(cluster, state),
+                timeout, cluster, "kube-apiserver")
     for node in handles:
         _launch(cluster, node.component("containerd"), nodes.command_lines(node, bin_dir)["containerd"])
     for node in handles:
@@ -583,6 +623,13 @@ def _start_control_plane(cluster: Cluster, state: ClusterState, bin_dir: Path, t
 def down(directory: Path = DEFAULT_DIR) -> list[str]:
     """Stop every process the cluster in `directory` started and remove what its nodes made on
     this machine (namespaces, interfaces, routes, rules, mounts); the names of those stopped."""
+    if not directory.exists():  # what a crashed cluster left on the machine is still found by its id
+        return _down(directory)
+    with _exclusive(directory.resolve()):
+        return _down(directory)
+
+
+def _down(directory: Path) -> list[str]:
     cluster = Cluster(directory.resolve())
     running = running_components(cluster)
     node_components = sorted((c for c in running if c.startswith("node")), key=_node_stop_rank)

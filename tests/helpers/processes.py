@@ -79,8 +79,9 @@ def start_redis(workdir: Path, timeout: float = 15, port: int | None = None,
     log = workdir / f"redis-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), *extra_args],
+            # no password, so protected mode would refuse the pods' (non-loopback) connections
+            [binary, "--port", str(port), "--bind", host, "--protected-mode", "no", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir), *extra_args],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     server = RedisServer(process=process, port=port, log=log, host=host)

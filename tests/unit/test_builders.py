@@ -183,8 +183,15 @@ def test_restricted_security_defaults() -> None:
         "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert container(deployment)["securityContext"] == {
-        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
     }
+
+
+def test_workers_write_only_to_an_empty_dir_at_tmp() -> None:
+    spec = parse()
+    deployment = build_worker_deployment(OWNER, spec, spec.queues[0])
+    assert container(deployment)["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert deployment["spec"]["template"]["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {}}]
 
 
 def test_pod_security_context_replaces_the_default() -> None:

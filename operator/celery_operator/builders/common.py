@@ -114,6 +114,13 @@ def celery_env(spec: TaskQueueSpec, taskqueue: str) -> list[dict[str, Any]]:
     return user_env + operator_env
 
 
+TMP_VOLUME: Final = "tmp"
+
+
+def _mounts_tmp(containers: Sequence[Mapping[str, Any]]) -> bool:
+    return any(m.get("name") == TMP_VOLUME for c in containers for m in c.get("volumeMounts", []))
+
+
 def celery_container(
     spec: TaskQueueSpec,
     *,
@@ -132,7 +139,9 @@ def celery_container(
         container["envFrom"] = [copy.deepcopy(dict(item)) for item in spec.env_from]
     if resources:
         container["resources"] = copy.deepcopy(dict(resources))
-    container["securityContext"] = restricted_container_security_context()
+    # a read-only image, with /tmp (an emptyDir) for what Celery and the app write at run time
+    container["securityContext"] = restricted_container_security_context(read_only_root_filesystem=True)
+    container["volumeMounts"] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
     return container
 
 
@@ -175,6 +184,8 @@ def celery_pod_template(
     if pod.priority_class_name:
         pod_spec["priorityClassName"] = pod.priority_class_name
     pod_spec["containers"] = [copy.deepcopy(dict(c)) for c in containers]
+    if _mounts_tmp(containers):
+        pod_spec["volumes"] = [{"name": TMP_VOLUME, "emptyDir": {}}]
     return {"metadata": metadata, "spec": pod_spec}
 
 

@@ -32,14 +32,14 @@ def _timed(action) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--agent", action="store_true", help="include the node agent")
+    parser.add_argument("--nodes", type=int, default=1, help="real nodes (0 = the control plane alone)")
     args = parser.parse_args()
 
     build_seconds, _ = _timed(build.build)
     up_times, down_times, memory = [], [], {}
     for _ in range(args.runs):
         directory = Path(tempfile.mkdtemp(prefix="bench-devcluster-"))
-        seconds, running = _timed(lambda: cluster.up(directory, agent=args.agent))
+        seconds, running = _timed(lambda: cluster.up(directory, nodes=args.nodes))
         up_times.append(seconds)
         time.sleep(5)  # let the controllers finish their start-up sync before reading memory
         memory = {name: _rss_mib(pid) for name, pid in cluster.running_components(running).items()}
@@ -54,7 +54,7 @@ def main() -> None:
     print(f"{'`down`, median':<44} {statistics.median(down_times):>11.2f}s")
     for name, mib in memory.items():
         print(f"{'RSS ' + name:<44} {mib:>9.0f}MiB")
-    print(f"{'RSS control plane total':<44} {sum(memory.values()):>9.0f}MiB")
+    print(f"{'RSS control plane and nodes total':<44} {sum(memory.values()):>9.0f}MiB")
 
 
 if __name__ == "__main__":

@@ -1,2 +1,3 @@
-"""A local Kubernetes for tests and the demo: a control plane built from Go modules and a node
-agent that runs pods as local processes. Test and demo infrastructure only."""
+"""A local Kubernetes for tests and the demo: a control plane built from Go modules and real
+nodes (kubelet on containerd) running images built here. Test and demo infrastructure only; it is
+not part of the operator's wheel."""

@@ -1,4 +1,4 @@
-"""python -m devcluster build | images | up | down | status | logs"""
+"""python -m devcluster build | images | up | down | status"""
 
 from __future__ import annotations
 
@@ -22,17 +22,14 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         command.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR, help="the cluster's directory")
     commands.choices["up"].add_argument("--nodes", type=int, default=None,
-                                        help="real nodes (kubelet on containerd), default 1; 0 = the node agent")
-    commands.choices["up"].add_argument("--no-agent", action="store_true", help="control plane only, no node agent")
-    commands.add_parser("logs", help="a pod container's log: NAMESPACE/POD [-c CONTAINER] [-f]", add_help=False)
+                                        help="real nodes (kubelet on containerd), default 1; 0 = control plane only")
     return parser
 
 
 def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
-        running = cluster.up(args.dir, agent=False if args.no_agent else None,
-                             nodes=0 if args.no_agent else args.nodes)
+        running = cluster.up(args.dir, nodes=args.nodes)
     except (cluster.ClusterError, build.BuildError) as failure:
         print(f"devcluster up: {failure}", file=sys.stderr)
         return 1
@@ -43,10 +40,6 @@ def _up(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "logs":
-        from devcluster.agent import logs
-
-        return logs.main(argv[1:])
     if argv and argv[0] == "images":
         from devcluster import images
 

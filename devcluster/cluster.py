@@ -1,6 +1,7 @@
-"""Start, stop and inspect a devcluster: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and the node agent, as processes of this machine, on free ports, in one
-directory. Everything the cluster holds (data, certificates, logs, pid files) lives there."""
+"""Start, stop and inspect a devcluster: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler as processes of this machine on free ports, and real nodes (devcluster/nodes.py)
+on networks of the cluster's own (devcluster/network.py), all in one directory: everything the
+cluster holds (data, certificates, logs, pid files) lives there."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import base64
 import concurrent.futures
 import contextlib
 import fcntl
-import importlib.util
 import ipaddress
 import json
 import os
@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -32,8 +32,8 @@ from devcluster.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = PROJECT_ROOT / ".devcluster" / "default"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "agent")
-STOP_ORDER = ("agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+STOP_ORDER = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Requests made with ServiceAccount tokens outside kube-system (pods' identities, an operator under
 # test) go to DIR/logs/audit.log: benchmarks count them, RBAC tests read the denials.
@@ -69,10 +69,9 @@ class ClusterState:
     scheduler_port: int
     service_cidr: str
     pod_network: str
-    node_name: str
-    agent: bool = True
     pids: dict[str, list[int]] = field(default_factory=dict)
-    # real nodes (kubelet on containerd), each in a network namespace on the cluster's bridge
+    # real nodes (kubelet on containerd), each in a network namespace on the cluster's bridge;
+    # 0 = the control plane alone
     nodes: int = 0
     node_cidr: str = ""
     cluster_id: str = ""
@@ -93,8 +92,6 @@ class ClusterState:
 
     @property
     def node_names(self) -> list[str]:
-        if not self.nodes:
-            return [self.node_name]
         return [nodes.node_name(index) for index in range(1, self.nodes + 1)]
 
     @property
@@ -131,7 +128,9 @@ class Cluster:
     def state(self) -> ClusterState | None:
         if not self.state_file.exists():
             return None
-        return ClusterState(**json.loads(self.state_file.read_text()))
+        recorded = json.loads(self.state_file.read_text())
+        known = {f.name for f in fields(ClusterState)}  # a state file of an older devcluster
+        return ClusterState(**{key: value for key, value in recorded.items() if key in known})
 
     def save(self, state: ClusterState) -> None:
         temporary = self.state_file.with_suffix(".tmp")
@@ -282,10 +281,6 @@ def _kubernetes_service_points_here(cluster: Cluster, state: ClusterState) -> bo
     return False
 
 
-def _node_ready(cluster: Cluster, state: ClusterState) -> bool:
-    return _named_node_ready(cluster, state, state.node_name)
-
-
 def _named_node_ready(cluster: Cluster, state: ClusterState, name: str) -> bool:
     node = _api_get(cluster, state, f"/api/v1/nodes/{name}")
     conditions = (node or {}).get("status", {}).get("conditions", [])
@@ -398,20 +393,6 @@ def _scheduler_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> lis
     ]
 
 
-def agent_available() -> bool:
-    if importlib.util.find_spec("devcluster.agent") is None:
-        return False
-    return importlib.util.find_spec("devcluster.agent.__main__") is not None
-
-
-def _agent_argv(cluster: Cluster, state: ClusterState) -> list[str]:
-    return [
-        sys.executable, "-m", "devcluster.agent", "--dir", str(cluster.dir),
-        "--kubeconfig", str(cluster.kubeconfig), "--node-name", state.node_name,
-        "--pod-network", state.pod_network, "--project-root", str(PROJECT_ROOT),
-    ]
-
-
 # --- up / down / status ---------------------------------------------------------------------
 
 def _pick_networks() -> tuple[str, str, str]:
@@ -429,7 +410,7 @@ def _pick_networks() -> tuple[str, str, str]:
     raise ClusterError("no free network for another cluster: are 50 of them running?")
 
 
-def _fresh_state(cluster: Cluster, previous: ClusterState | None, agent: bool, node_count: int) -> ClusterState:
+def _fresh_state(cluster: Cluster, previous: ClusterState | None, node_count: int) -> ClusterState:
     """New ports every start; the networks and node name stay those of the cluster's data."""
     if previous and previous.node_cidr:
         service_cidr, pod_network, node_cidr = previous.service_cidr, previous.pod_network, previous.node_cidr
@@ -439,8 +420,7 @@ def _fresh_state(cluster: Cluster, previous: ClusterState | None, agent: bool, n
         etcd_port=free_port(), etcd_peer_port=free_port(), apiserver_port=free_port(),
         controller_manager_port=free_port(), scheduler_port=free_port(),
         service_cidr=service_cidr, pod_network=pod_network,
-        node_name=nodes.node_name(1) if node_count else "devcluster-node",
-        agent=agent, nodes=node_count, node_cidr=node_cidr, cluster_id=network.cluster_id(cluster.dir),
+        nodes=node_count, node_cidr=node_cidr, cluster_id=network.cluster_id(cluster.dir),
     )
 
 
@@ -450,7 +430,7 @@ def _node_handles(cluster: Cluster, state: ClusterState) -> list[nodes.Node]:
 
 
 def _expected_components(state: ClusterState) -> list[str]:
-    names = [c for c in COMPONENTS if c != "agent" or state.agent]
+    names = list(COMPONENTS)
     for index in range(1, state.nodes + 1):
         names += [f"node{index}-{component}" for component in nodes.NODE_COMPONENTS]
     return names
@@ -484,37 +464,28 @@ def _exclusive(directory: Path):
         yield
 
 
-def up(directory: Path = DEFAULT_DIR, agent: bool | None = None, nodes: int | None = None,
-       timeout: float = 180) -> Cluster:
-    """Start the cluster in `directory`, or leave it be if it already runs healthily.
-
-    `nodes` real nodes (kubelet on containerd); 0 runs the process node agent instead."""
+def up(directory: Path = DEFAULT_DIR, nodes: int | None = None, timeout: float = 180) -> Cluster:
+    """Start the cluster in `directory` with `nodes` real nodes (kubelet on containerd; 0 = the
+    control plane alone), or leave it be if it already runs healthily so."""
     with _exclusive(directory.resolve()):
-        return _up(directory, agent, nodes, timeout)
+        return _up(directory, DEFAULT_NODES if nodes is None else nodes, timeout)
 
 
-def _up(directory: Path, agent: bool | None, nodes: int | None, timeout: float) -> Cluster:
+def _up(directory: Path, node_count: int, timeout: float) -> Cluster:
     cluster = Cluster(directory.resolve())
-    node_count = DEFAULT_NODES if nodes is None else nodes
-    if agent is None:
-        agent = not node_count and agent_available()
     current = cluster.state()
-    if is_healthy(cluster) and current.agent == agent and current.nodes == node_count:
+    if is_healthy(cluster) and current.nodes == node_count:
         return cluster
     bin_dir = build.build()
     built = images.build_images() if node_count else {}
     _down(cluster.dir)
     cluster.dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, START_ATTEMPTS + 1):
-        state = _prepare(cluster, agent, node_count)
+        state = _prepare(cluster, node_count)
         try:
             if node_count:
                 network.setup_bridge(state.network)
             _start_control_plane(cluster, state, bin_dir, timeout)
-            if agent:
-                _launch(cluster, "agent", _agent_argv(cluster, state))
-                _wait_until(f"node {state.node_name} to be Ready", lambda: _node_ready(cluster, state),
-                            timeout, cluster, "agent")
             if node_count:
                 _start_nodes(cluster, state, bin_dir, built, timeout)
                 _start_addons(cluster, state, built, timeout)
@@ -529,9 +500,9 @@ def _up(directory: Path, agent: bool | None, nodes: int | None, timeout: float) 
     raise AssertionError("unreachable")
 
 
-def _prepare(cluster: Cluster, agent: bool, node_count: int) -> ClusterState:
+def _prepare(cluster: Cluster, node_count: int) -> ClusterState:
     """Fresh ports, and everything the components read written to the cluster's directory."""
-    state = _fresh_state(cluster, cluster.state(), agent, node_count)
+    state = _fresh_state(cluster, cluster.state(), node_count)
     pki.ensure_pki(cluster.pki_dir, state.kubernetes_service_ip, (state.network.gateway_ip,))
     _write_kubeconfig(cluster, state, cluster.kubeconfig, "admin", "devcluster-admin")
     _write_kubeconfig(cluster, state, cluster.dir / "controller-manager.kubeconfig",
@@ -641,11 +612,7 @@ def _down(directory: Path) -> list[str]:
     network.teardown(identifier)
     shutil.rmtree(nodes.RUN_ROOT / identifier, ignore_errors=True)
     for component in STOP_ORDER:
-        _stop(cluster, component, grace=10 if component == "agent" else 5)
-    if cluster.dir.exists() and agent_available():
-        from devcluster.agent import cleanup
-
-        cleanup(cluster.dir)
+        _stop(cluster, component, grace=5)
     return stopped
 
 

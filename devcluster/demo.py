@@ -1,15 +1,16 @@
 """`make demo`: the main job on this machine, nothing else set up.
 
-A devcluster with its node agent; the operator installed by `helm install` of our chart (the
-agent runs its pod under the chart's ServiceAccount and RBAC); `kubectl apply -f app/examples/`;
-then a burst of work on the autoscaled queue, watched as the workers scale from zero up and back
+A devcluster (a real node: kubelet on containerd, every image built here); the operator image
+installed by `helm install` of our chart, running under the chart's ServiceAccount and RBAC, with
+its default Redis and Flower images pointed at the local ones (an air-gapped cluster's settings);
+`kubectl apply -f app/examples/`; then a burst of work on the autoscaled queue, sent from inside
+the app's own image like a web app would, watched as the workers scale from zero up and back
 down. The cluster keeps running afterwards so it can be explored; `make demo-down` stops it.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devcluster import build, cluster
+from devcluster import build, cluster, images
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / ".devcluster" / "demo"
@@ -68,9 +69,10 @@ def wait(description: str, check, timeout: float) -> object:
 
 
 def install_operator(tools: Tools) -> None:
-    say("helm install celery-operator charts/celery-operator (the node agent runs its pod)")
+    say("helm install celery-operator charts/celery-operator (the operator image, built here)")
     tools.run("helm", "upgrade", "--install", "celery-operator", str(ROOT / "charts" / "celery-operator"),
-              "--namespace", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s")
+              "--namespace", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s",
+              *images.operator_chart_values())
     print(tools.kubectl("get", "deployment,pods", "-n", OPERATOR_NAMESPACE))
 
 
@@ -88,9 +90,14 @@ def apply_examples(tools: Tools) -> None:
     print(tools.kubectl("get", "taskqueue,periodicjob,deployment,service", "-n", NAMESPACE))
 
 
-def broker_url(tools: Tools) -> str:
-    secret = tools.get("secret", f"{TASKQUEUE}-broker", "-n", NAMESPACE)
-    return base64.b64decode(secret["data"]["url"]).decode()
+PRODUCER = """
+import sys
+from myproject.celery import app
+count, seconds = int(sys.argv[1]), float(sys.argv[2])
+with app.connection_for_write() as connection:
+    for _ in range(count):
+        app.send_task("myapp.tasks.sleep", args=[seconds], queue="%s", ignore_result=True, connection=connection)
+""" % QUEUE
 
 
 def queue_line(tools: Tools, started: float) -> tuple[int, int, str]:
@@ -106,15 +113,11 @@ def queue_line(tools: Tools, started: float) -> tuple[int, int, str]:
 
 
 def burst(tools: Tools, tasks: int, seconds: float, watch_for: float) -> None:
-    import celery  # the producer side of the demo, like a web app reading the <tq>-broker Secret
-
-    say(f"a burst: {tasks} tasks of {seconds:g}s on {QUEUE} (autoscaled, idle at 0 workers)")
-    producer = celery.Celery(broker=broker_url(tools))
+    say(f"a burst: {tasks} tasks of {seconds:g}s on {QUEUE} (autoscaled, idle at 0 workers), sent from the "
+        "always-on worker's pod, which has the broker URL from the shop-broker Secret like a web app would")
     started = time.monotonic()
-    with producer.connection_for_write() as connection:
-        for _ in range(tasks):
-            producer.send_task("myapp.tasks.sleep", args=[seconds], queue=QUEUE, ignore_result=True,
-                               connection=connection)
+    tools.kubectl("exec", "-n", NAMESPACE, "deploy/shop-worker-low-priority", "--", "python", "-c", PRODUCER,
+                  str(tasks), str(seconds))
     peak, scaled_up_at, zero_again_at = 0, None, None
     while time.monotonic() - started < watch_for:
         replicas, work, line = queue_line(tools, started)
@@ -141,19 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each task works")
     args = parser.parse_args(argv)
     try:
-        say(f"python -m devcluster up --dir {args.dir} (control plane from Go modules, node agent)")
+        say(f"python -m devcluster up --dir {args.dir} (Kubernetes from Go modules, a real node, local images)")
         running = cluster.up(args.dir)
         tools = Tools(running.kubeconfig)
         install_operator(tools)
         apply_examples(tools)
         burst(tools, args.tasks, args.seconds, watch_for=240)
-    except (DemoFailed, cluster.ClusterError, build.BuildError) as failure:
+    except (DemoFailed, cluster.ClusterError, build.BuildError, images.ImageBuildError) as failure:
         print(f"\nmake demo: {failure}", file=sys.stderr)
         return 1
     say("the demo cluster keeps running; explore it:")
     print(f"  export KUBECONFIG={running.kubeconfig}\n"
           f"  kubectl get tq,pj,deploy -n {NAMESPACE}          # add -w to watch\n"
-          f"  python -m devcluster logs {OPERATOR_NAMESPACE}/<operator pod>   # or any pod\n"
+          f"  kubectl logs -n {OPERATOR_NAMESPACE} deploy/celery-operator   # or any pod\n"
           "  make demo-down                                   # stop it all")
     return 0
 

@@ -906,6 +906,15 @@ def build_images(keys: Iterable[str] | None = None) -> dict[str, Image]:
 
 
 @contextmanager
+def operator_chart_values() -> list[str]:
+    """`helm install` arguments that run our chart from the images built here: the operator's
+    own, and its defaults for the managed Redis and Flower (what an air-gapped cluster sets)."""
+    built = build_images(["operator", "redis", "flower"])
+    repository, tag = built["operator"].reference.rsplit(":", 1)
+    return ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--set", f"redis.image={built['redis'].reference}", "--set", f"flower.image={built['flower'].reference}"]
+
+
 def docker_with(images: Iterable[Image]) -> Iterator[PrivateDocker]:
     """The private dockerd with these images loaded, for running them (tests); holds the build lock."""
     images_dir().mkdir(parents=True, exist_ok=True)

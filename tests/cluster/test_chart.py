@@ -480,7 +480,7 @@ def test_operator_image_context_builds_the_package(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def chart_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     directory = tmp_path_factory.mktemp("chart-cluster")
-    cluster.up(directory, agent=False, nodes=0)
+    cluster.up(directory, nodes=0)
     try:
         yield DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
     finally:

@@ -1,7 +1,7 @@
 """The operator as the chart deploys it, under the chart's RBAC, proven on a real API server.
 
-Each test gets a devcluster of its own with the node agent: `helm install` creates the operator
-Deployment, the agent runs its pod (`python -m celery_operator ...`, the image is ignored) with a
+Each test gets a devcluster of its own: `helm install` creates the operator Deployment, whose pod
+runs the operator image (built here from operator/Dockerfile) on a real node with a projected
 token of the chart's ServiceAccount, so every request the operator makes is authorized by the
 chart's (Cluster)Roles. The API server's audit log (DIR/logs/audit.log) records each of those
 requests with its verb, resource, namespace and response code: a 403 there is a rule missing from
@@ -23,7 +23,8 @@ import celery
 import pytest
 import redis
 
-from devcluster import build, cluster
+from devcluster import build, cluster, images
+from tests.helpers import clusterdns
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.taskqueues import TaskQueues
 from tests.helpers.waiting import ConditionNotMet, wait_for
@@ -35,7 +36,7 @@ CHART = ROOT / "charts" / "celery-operator"
 EXAMPLE = ROOT / "app" / "examples" / "taskqueue.yaml"
 RELEASE, RELEASE_NAMESPACE = "op", "celery-system"
 SERVICE_ACCOUNT = f"system:serviceaccount:{RELEASE_NAMESPACE}:op-celery-operator"
-READY_TIMEOUT = 180  # a managed Redis and a real Celery worker start as processes on a busy 2-core machine
+READY_TIMEOUT = 180  # a managed Redis and a real Celery worker start as pods on a busy 2-core machine
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,11 @@ class Request:
 @pytest.fixture
 def chart_cluster(tmp_path: Path) -> Iterator[DevCluster]:
     directory = tmp_path / "cluster"
-    cluster.up(directory)  # with the node agent
+    cluster.up(directory)
+    handle = DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
     try:
-        yield DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
+        with clusterdns.using(handle):  # the Secret's broker URL names this cluster's Service
+            yield handle
     finally:
         cluster.down(directory)
 
@@ -91,17 +94,16 @@ def fetch(url: str) -> str:
 
 
 def operator_log(devcluster: DevCluster) -> str:
-    logs = sorted((devcluster.dir / "pods").glob(f"{RELEASE_NAMESPACE}_op-celery-operator-*/logs/operator.log"))
-    return "\n".join(path.read_text(errors="replace") for path in logs)
+    return devcluster.kubectl("logs", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=operator",
+                              "--tail=-1", "--prefix", check=False).stdout
 
 
 def install_chart(devcluster: DevCluster, *values: str) -> None:
     devcluster.kubectl("create", "namespace", RELEASE_NAMESPACE)
     # --wait: the Deployment's pod is Ready, i.e. the readiness probe reached the operator's /healthz.
-    # Otherwise the chart's defaults: /healthz and /metrics listen on the pod IP, which is what lets
-    # them run on the devcluster, where every pod shares the host's network.
+    # The images are the ones built here (nothing is pulled); otherwise the chart's defaults.
     devcluster.helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "120s",
-                    "--set", "config.resyncSeconds=2", *values, timeout=180)
+                    "--set", "config.resyncSeconds=2", *images.operator_chart_values(), *values, timeout=180)
 
 
 def ready_pods(tqs: TaskQueues, selector: str) -> list[Any]:

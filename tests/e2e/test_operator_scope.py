@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def private_cluster(tmp_path: Path) -> Iterator[DevCluster]:
     directory = tmp_path / "cluster"
-    cluster.up(directory, agent=False, nodes=0)
+    cluster.up(directory, nodes=0)
     try:
         yield DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
     finally:

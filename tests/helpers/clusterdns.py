@@ -6,7 +6,9 @@ workers and producers on the host) by running them with the cluster's resolv.con
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.resolver
@@ -26,6 +28,7 @@ def use(cluster: DevCluster) -> None:
     global _resolver, _resolv_conf
     state = cluster.handle.state()
     if not state.nodes:
+        _resolver = _resolv_conf = None
         return
     dns_ip = state.network.dns_ip
     resolver = dns.resolver.Resolver(configure=False)
@@ -34,6 +37,22 @@ def use(cluster: DevCluster) -> None:
     _resolver = resolver
     _resolv_conf = hostdns.write_resolv_conf(cluster.dir, dns_ip)
     socket.getaddrinfo = _getaddrinfo
+
+
+@contextlib.contextmanager
+def using(cluster: DevCluster) -> Iterator[None]:
+    """Resolve `cluster`'s names for a while (a test's own cluster), then the previous one's again."""
+    previous = (_resolver, _resolv_conf)
+    use(cluster)
+    try:
+        yield
+    finally:
+        _restore(*previous)
+
+
+def _restore(resolver: dns.resolver.Resolver | None, conf: Path | None) -> None:
+    global _resolver, _resolv_conf
+    _resolver, _resolv_conf = resolver, conf
 
 
 def wrap(argv: list[str]) -> list[str]:

@@ -26,10 +26,6 @@ class DevCluster:
         return self.handle.kubeconfig
 
     @property
-    def node_name(self) -> str:
-        return self.handle.state().node_name
-
-    @property
     def node_names(self) -> list[str]:
         return self.handle.state().node_names
 

@@ -788,7 +788,8 @@ class _Builder:
         if not self.allow_build:
             raise _Missing(recipe.key)
         binary_path, compile_seconds = self._binary(recipe, binary_identity) if binary_identity else (None, 0.0)
-        started -= compile_seconds
+        if compile_seconds:  # compiled on the second thread: count the compile, not the wait for it
+            started = time.monotonic() - compile_seconds
         work = images_dir() / "work" / recipe.key
         _remove_tree(work)
         try:

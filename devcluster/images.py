@@ -296,8 +296,8 @@ def _cached(key: str, reference: str, digest: str) -> Image | None:
     return None
 
 
-def _prune_older_archives(key: str, keep: Path, retain: int = 3) -> None:
-    """Keep the newest few archives of an image (another checkout may be on other inputs)."""
+def _prune_older_archives(key: str, keep: Path, retain: int = 2) -> None:
+    """Keep this archive and the newest other one (another checkout may be on other inputs)."""
     others = sorted((p for p in images_dir().glob(f"{key}-*.tar") if p != keep and re.fullmatch(
         rf"{re.escape(key)}-[0-9a-f]{{16}}\.tar", p.name)), key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in others[retain - 1:]:
@@ -906,7 +906,6 @@ def build_images(keys: Iterable[str] | None = None) -> dict[str, Image]:
         return _resolve_all(wanted, allow_build=True)
 
 
-@contextmanager
 def operator_chart_values() -> list[str]:
     """`helm install` arguments that run our chart from the images built here: the operator's
     own, and its defaults for the managed Redis and Flower (what an air-gapped cluster sets)."""
@@ -916,6 +915,7 @@ def operator_chart_values() -> list[str]:
             "--set", f"redis.image={built['redis'].reference}", "--set", f"flower.image={built['flower'].reference}"]
 
 
+@contextmanager
 def docker_with(images: Iterable[Image]) -> Iterator[PrivateDocker]:
     """The private dockerd with these images loaded, for running them (tests); holds the build lock."""
     images_dir().mkdir(parents=True, exist_ok=True)

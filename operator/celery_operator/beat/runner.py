@@ -6,7 +6,7 @@ the `jobs` and `fired` hashes. For every job not suspended it computes the slots
 max(fired, activeSince) up to now (runs missed while no beat ran are caught up, oldest first, at
 most `max_catch_up` per job), and for each slot:
 
-1. CLAIM it with one Lua script: fired[job] = slot, only if slot > fired[job] and the job's
+1. CLAIM it with one Lua script (beat/state.py): fired[job] = slot, only if slot > fired[job] and the job's
    definition in `jobs` is still the one the beat acted on. Redis runs scripts one at a time, so
    of two beats that both see a slot due, exactly one claims it.
 2. Only the claimant SENDS the task, by name, with a deterministic task id naming the job and the

@@ -30,7 +30,7 @@ venv: $(STAMP)
 # its images: debootstrap (the Debian base), docker.io (a private dockerd builds them), gcc and
 # libc6-dev (the static pause binary).
 DEBIAN_PACKAGES := redis-server rabbitmq-server containerd runc containernetworking-plugins iptables \
-	iproute2 kmod util-linux debootstrap docker.io gcc libc6-dev ca-certificates
+	iproute2 kmod util-linux debootstrap docker.io gcc libc6-dev ca-certificates python3 python3-venv
 system-packages:
 	@missing=$$(for package in $(DEBIAN_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$package 2>/dev/null | grep -q '^install ok installed' || echo $$package; \
@@ -59,15 +59,15 @@ test-integration: venv system-packages
 test-controllers: venv
 	$(VPY) -m pytest -m controllers $(PYTEST_ARGS)
 
-test-cluster: venv system-packages controlplane
+test-cluster: venv system-packages controlplane images
 	$(VPY) -m pytest -m cluster $(PYTEST_ARGS)
 
-test-e2e: venv system-packages controlplane
+test-e2e: venv system-packages controlplane images
 	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
 
 # A devcluster in .devcluster/demo, the chart installed, app/examples applied, a burst watched
 # as the workers scale from zero and back; the cluster keeps running until `make demo-down`.
-demo: venv system-packages controlplane
+demo: venv system-packages controlplane images
 	$(VPY) -m devcluster.demo
 
 demo-down: venv
@@ -77,7 +77,7 @@ demo-down: venv
 chart-crds:
 	rm -f charts/celery-operator/files/crds/*.yaml && cp crds/*.yaml charts/celery-operator/files/crds/
 
-up: controlplane
+up: controlplane images
 	$(VPY) -m devcluster up
 
 down: venv

@@ -179,8 +179,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-autoscaling-"))
     cluster.up(workdir / "cluster")
     devcluster = DevCluster(dir=(workdir / "cluster").resolve(), bin_dir=build.bin_dir())
-    redis_server = start_redis(workdir / "redis", extra_args=NOTIFYING)
-    silent_redis = start_redis(workdir / "silent-redis")
+    # on the host's address on the cluster's bridge: the worker pods reach them there
+    redis_server = start_redis(workdir / "redis", extra_args=NOTIFYING, host=devcluster.host_ip)
+    silent_redis = start_redis(workdir / "silent-redis", host=devcluster.host_ip)
     operator = None
     try:
         apply_crds(devcluster)

@@ -23,9 +23,8 @@ import celery
 import pytest
 import redis
 
-from devcluster import build, cluster, images
-from tests.helpers import clusterdns
-from tests.helpers.devcluster import DevCluster
+from devcluster import images
+from tests.helpers.devcluster import DevCluster, own_cluster
 from tests.helpers.taskqueues import TaskQueues
 from tests.helpers.waiting import ConditionNotMet, wait_for
 
@@ -50,14 +49,8 @@ class Request:
 
 @pytest.fixture
 def chart_cluster(tmp_path: Path) -> Iterator[DevCluster]:
-    directory = tmp_path / "cluster"
-    cluster.up(directory)
-    handle = DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
-    try:
-        with clusterdns.using(handle):  # the Secret's broker URL names this cluster's Service
-            yield handle
-    finally:
-        cluster.down(directory)
+    with own_cluster(tmp_path / "cluster") as handle:  # the Secret's broker URL names its Services
+        yield handle
 
 
 def operator_requests(devcluster: DevCluster) -> list[Request]:

@@ -9,8 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from devcluster import build, cluster
-from tests.helpers.devcluster import DevCluster
+from tests.helpers.devcluster import DevCluster, own_cluster
 from tests.helpers.operator import KOPF_ENTRY, PYTHON_ENTRY, apply_crds, start_operator
 from tests.helpers.processes import RedisServer, start_redis
 from tests.helpers.taskqueues import TaskQueues, taskqueue
@@ -20,12 +19,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def private_cluster(tmp_path: Path) -> Iterator[DevCluster]:
-    directory = tmp_path / "cluster"
-    cluster.up(directory, nodes=0)
-    try:
-        yield DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
-    finally:
-        cluster.down(directory)
+    with own_cluster(tmp_path / "cluster", nodes=0) as handle:
+        yield handle
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from devcluster import build, cluster
-from tests.helpers.devcluster import DevCluster
+from devcluster import cluster
+from tests.helpers.devcluster import DevCluster, own_cluster
 from tests.helpers.operator import OperatorProcess, apply_crds, start_operator
 from tests.helpers.processes import RedisServer
 from tests.helpers.taskqueues import TaskQueues, taskqueue
@@ -122,12 +122,8 @@ def test_a_worker_image_that_does_not_exist_is_reported_and_heals(tqs: TaskQueue
 @pytest.fixture
 def second_cluster(tmp_path: Path) -> Iterator[DevCluster]:
     """A cluster of two nodes beside the session's, with an operator of its own."""
-    directory = tmp_path / "second"
-    cluster.up(directory, nodes=2)
-    try:
-        yield DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
-    finally:
-        cluster.down(directory)
+    with own_cluster(tmp_path / "second", nodes=2) as handle:
+        yield handle
 
 
 def test_two_clusters_side_by_side_each_reach_their_own_broker_and_survive_a_lost_node(

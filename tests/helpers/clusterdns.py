@@ -10,11 +10,14 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.resolver
 
 from devcluster import hostdns
-from tests.helpers.devcluster import DevCluster
+
+if TYPE_CHECKING:
+    from tests.helpers.devcluster import DevCluster
 
 CLUSTER_SUFFIXES = (".svc", ".svc.cluster.local", ".cluster.local")
 

@@ -7,9 +7,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import contextlib
+from collections.abc import Iterator
+
 import kubernetes
 
+from devcluster import build, cluster
 from devcluster.cluster import Cluster
+from tests.helpers import clusterdns
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,16 @@ class DevCluster:
 
     def api_client(self) -> kubernetes.client.ApiClient:
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+
+
+@contextlib.contextmanager
+def own_cluster(directory: Path, nodes: int | None = None) -> Iterator[DevCluster]:
+    """A cluster of a test's own beside the session's (`nodes` real nodes, 0 = control plane
+    only), whose Service names the test resolves while it runs; removed afterwards."""
+    cluster.up(directory, nodes=nodes)
+    handle = DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())
+    try:
+        with clusterdns.using(handle):
+            yield handle
+    finally:
+        cluster.down(directory)

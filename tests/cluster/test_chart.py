@@ -541,3 +541,19 @@ def test_install_upgrade_uninstall_keeps_the_crds(chart_cluster: DevCluster) -> 
     kube.helm(*install, "--set", "crds.keep=false")
     kube.helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait")
     wait_for(lambda: _crds_gone(kube), 60, "the CRDs to be deleted with crds.keep=false")
+
+
+def test_helm_assumes_the_pinned_kubernetes_without_a_cluster(tmp_path: Path) -> None:
+    """`helm template` with no cluster and no --kube-version: the helm we build assumes the pinned
+    Kubernetes (helm's own default, v1.20, is older than our chart's kubeVersion)."""
+    probe = tmp_path / "probe"
+    (probe / "templates").mkdir(parents=True)
+    (probe / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    (probe / "templates" / "version.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n"
+        "data: {kube: \"{{ .Capabilities.KubeVersion.Major }}.{{ .Capabilities.KubeVersion.Minor }}\"}\n")
+    [config_map] = [d for d in yaml.safe_load_all(helm("template", "probe", str(probe)).stdout) if d]
+    pinned = build.KubeVersion.parse(build.KUBERNETES_VERSION)
+    assert config_map["data"]["kube"] == f"{pinned.major}.{pinned.minor}"
+    output = helm("template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE).stdout
+    assert only([doc for doc in yaml.safe_load_all(output) if doc], "Deployment")

@@ -171,6 +171,15 @@ def test_cluster_wide_chart_runs_the_example_without_a_denied_request(chart_clus
                            "the worker to run the task")
         assert json.loads(entry)["hostname"] == f"low_priority@{worker.metadata.name}"
 
+        # the operator pod runs the operator image, as its image's non-root user, with a projected token
+        [operator_pod] = tqs.core.list_namespaced_pod(
+            RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=operator").items
+        assert operator_pod.spec.containers[0].image == images.build_images(["operator"])["operator"].reference
+        assert operator_pod.status.container_statuses[0].image_id
+        assert any(v.projected and any(s.service_account_token for s in v.projected.sources)
+                   for v in operator_pod.spec.volumes)
+        assert operator_pod.spec.service_account_name == "op-celery-operator"
+
         # the chart's metrics Service selects the operator pod and reaches its /metrics
         operator_ip = wait_for(lambda: [p.status.pod_ip for p in tqs.core.list_namespaced_pod(
             RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=operator").items if p.status.pod_ip],

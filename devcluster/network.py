@@ -108,13 +108,18 @@ def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def _forward_rules(network: ClusterNetwork) -> list[list[str]]:
-    """FORWARD rules, first to last: within the bridge and to this cluster's pods and Services
-    pass; anything else that enters from the bridge is dropped."""
+    """FORWARD rules, first to last: within the bridge and to this cluster's pods pass; a Service
+    address reaching the host from a node is one its kube-proxy has not programmed yet, refused
+    at once (else the route back to the first node loops the SYN, and its conntrack entry keeps
+    every retransmission from ever being translated); anything else from the bridge is dropped."""
     comment = ["-m", "comment", "--comment", network.rule_comment]
     return [
         ["-i", network.bridge, "-o", network.bridge, *comment, "-j", "ACCEPT"],
         ["-i", network.bridge, "-d", network.pod_cidr, *comment, "-j", "ACCEPT"],
-        ["-i", network.bridge, "-d", network.service_cidr, *comment, "-j", "ACCEPT"],
+        ["-i", network.bridge, "-d", network.service_cidr, "-p", "tcp", *comment,
+         "-j", "REJECT", "--reject-with", "tcp-reset"],
+        ["-i", network.bridge, "-d", network.service_cidr, *comment,
+         "-j", "REJECT", "--reject-with", "icmp-port-unreachable"],
         ["-i", network.bridge, *comment, "-j", "DROP"],
     ]
 

@@ -167,7 +167,7 @@ def test_cluster_wide_chart_runs_the_example_without_a_denied_request(chart_clus
         secret = tqs.core.read_namespaced_secret("shop-broker", "shop")
         url = base64.b64decode(secret.data["url"]).decode()
         celery.Celery(broker=url).send_task("myapp.tasks.record", args=["chart-runs", "hello"], queue="low_priority")
-        [entry] = wait_for(lambda: redis.Redis.from_url(url).lrange("chart-runs", 0, -1), 60,
+        [entry] = wait_for(lambda: redis.Redis.from_url(url).lrange("chart-runs", 0, -1), READY_TIMEOUT,
                            "the worker to run the task")
         assert json.loads(entry)["hostname"] == f"low_priority@{worker.metadata.name}"
 

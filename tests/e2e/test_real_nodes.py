@@ -155,7 +155,12 @@ def test_two_clusters_side_by_side_each_reach_their_own_broker_and_survive_a_los
             return len(pods) >= 3 and all(p.spec.node_name != lost for p in pods)
 
         wait_for(all_back_elsewhere, READY_TIMEOUT, "the pods to run on the remaining node")
-        second.wait_condition("shop", "Ready", "True", timeout=READY_TIMEOUT)
+        try:
+            second.wait_condition("shop", "Ready", "True", timeout=READY_TIMEOUT)
+        except AssertionError as timeout:
+            conditions = second.get("shop").get("status", {}).get("conditions")
+            pods = second_cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+            raise AssertionError(f"{timeout}\nconditions: {conditions}\npods:\n{pods}") from None
     finally:
         second_operator.stop()
         devcluster.kubectl("delete", "namespace", "demo", "--wait=false", check=False)

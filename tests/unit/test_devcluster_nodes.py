@@ -39,6 +39,8 @@ def test_forward_rules_accept_the_cluster_and_drop_the_rest_last() -> None:
     rules = network._forward_rules(NET)
     assert rules[-1][-2:] == ["-j", "DROP"]
     assert all(NET.rule_comment in rule for rule in rules)
+    to_services = [rule for rule in rules if NET.service_cidr in rule]
+    assert to_services and all("REJECT" in rule for rule in to_services), "refused, never looped or dropped"
 
 
 def _node(tmp_path: Path, index: int = 1) -> nodes.Node:

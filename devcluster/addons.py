@@ -78,7 +78,6 @@ def coredns_manifests(image: str, dns_ip: str) -> list[dict]:
          "spec": {"replicas": 1, "selector": {"matchLabels": labels},
                   "template": {"metadata": {"labels": labels}, "spec": {
                       "serviceAccountName": "coredns", "dnsPolicy": "Default", "priorityClassName": "system-cluster-critical",
-                      "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
                       "containers": [container],
                       "volumes": [{"name": "config", "configMap": {"name": "coredns"}}]}}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": DNS_NAMESPACE,
@@ -134,7 +133,6 @@ def local_path_manifests(image: str, helper_image: str, node_paths: dict[str, Pa
          "spec": {"replicas": 1, "selector": {"matchLabels": labels},
                   "template": {"metadata": {"labels": labels}, "spec": {
                       "serviceAccountName": account, "containers": [container],
-                      "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
                       "volumes": [{"name": "config", "configMap": {"name": "local-path-config"}}]}}}},
         {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
          "metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},

@@ -627,6 +627,11 @@ def stop_node(directory: Path, index: int) -> None:
         if pid is not None:
             os.killpg(pid, signal.SIGKILL)
     nodes.kill_node(node)
+    # the host reaches Services through one node's kube-proxy, like a load balancer in front of
+    # the nodes: it moves to a node that still runs
+    survivors = [other for other in range(1, state.nodes + 1) if other != index]
+    if survivors:
+        network.route_services(state.network, via_index=survivors[0])
 
 
 def _node_stop_rank(component: str) -> tuple[int, str]:

@@ -7,13 +7,16 @@ control plane's memory, `down` time. Prints a table.
 from __future__ import annotations
 
 import argparse
+import sys
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from devcluster import build, cluster
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devcluster runs from the checkout
+
+from devcluster import build, cluster  # noqa: E402
 
 
 def _rss_mib(pid: int) -> float:

@@ -17,6 +17,7 @@ the sum over the pipelined commands.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import shutil
 import subprocess
@@ -26,7 +27,9 @@ from pathlib import Path
 
 import redis
 
-from devcluster.ports import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devcluster runs from the checkout
+
+from devcluster.ports import free_port  # noqa: E402
 from celery import Celery
 from celery_operator.broker.depth import RedisDepthReader
 from celery_operator.broker.heartbeats import HeartbeatTable

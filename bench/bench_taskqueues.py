@@ -25,7 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from devcluster import build, cluster
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devcluster runs from the checkout
+
+from devcluster import build, cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Service names resolve machine-wide (/etc/hosts): a namespace of its own keeps another cluster's

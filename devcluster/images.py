@@ -740,14 +740,19 @@ class _Builder:
                 self.resolved[key] = self._dockerfile_image(recipe)
         return self.resolved[key]
 
+    def _cached_or_refuse(self, recipe: Recipe, digest: str) -> Image | None:
+        """The cached image of these inputs; None when it must be built, _Missing when it may not."""
+        found = _cached(recipe.key, recipe.reference, digest)
+        if found is None and not self.allow_build:
+            raise _Missing(recipe.key)
+        return found
+
     def _rootfs_image(self, recipe: Rootfs) -> Image:
         inputs = rootfs_inputs(recipe)
         digest = digest_of(inputs)
-        found = _cached(recipe.key, recipe.reference, digest)
+        found = self._cached_or_refuse(recipe, digest)
         if found:
             return found
-        if not self.allow_build:
-            raise _Missing(recipe.key)
         started = time.monotonic()
         work = images_dir() / "work" / recipe.key
         _remove_tree(work)
@@ -782,11 +787,9 @@ class _Builder:
         binary_identity = _binary_identity(recipe.binary) if recipe.binary else None
         inputs = self._inputs(recipe, base, context, wheels_dir, binary_identity)
         digest = digest_of(inputs)
-        found = _cached(recipe.key, recipe.reference, digest)
+        found = self._cached_or_refuse(recipe, digest)
         if found:
             return found
-        if not self.allow_build:
-            raise _Missing(recipe.key)
         binary_path, compile_seconds = self._binary(recipe, binary_identity) if binary_identity else (None, 0.0)
         if compile_seconds:  # compiled on the second thread: count the compile, not the wait for it
             started = time.monotonic() - compile_seconds

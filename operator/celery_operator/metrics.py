@@ -24,6 +24,20 @@ BROKER_ERRORS = Counter("celery_operator_broker_errors_total", "Scaler ticks tha
 TICK_SECONDS = Histogram("celery_operator_scaler_tick_seconds", "Duration of one scaler tick of a TaskQueue.",
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
+QUEUE_CONSUMING_WORKERS = Gauge("celery_operator_queue_consuming_workers",
+                                "The queue's worker pods whose Celery worker consumes (readiness gate True).",
+                                _QUEUE_LABELS)
+WORKER_RESTARTS = Counter("celery_operator_worker_restarts_total",
+                          "Restarts of the queue's worker containers, by the kubelet's reason (OOMKilled, Error, ...).",
+                          (*_QUEUE_LABELS, "reason"))
+STUCK_WORKERS = Counter("celery_operator_stuck_workers_total",
+                        "Workers found stuck, by evidence (heartbeats-stopped, idle-with-backlog).",
+                        (*_QUEUE_LABELS, "evidence"))
+BROKER_UP = Gauge("celery_operator_broker_up", "1 when the scaler's last tick read the broker, else 0.",
+                  ("namespace", "taskqueue"))
+BEAT_UP = Gauge("celery_operator_beat_up", "1 while the TaskQueue's beat is running and leading (BeatReady), else 0;"
+                " absent while no PeriodicJob refers to the TaskQueue.", ("namespace", "taskqueue"))
+
 _PER_QUEUE = (QUEUE_PENDING, QUEUE_IN_FLIGHT, QUEUE_DESIRED_REPLICAS, QUEUE_REPLICAS)
 
 
@@ -36,7 +50,7 @@ def record_queue(identity: ObjectIdentity, queue: str, pending: int, in_flight: 
 
 def forget_taskqueue(namespace: str, name: str) -> None:
     """Drop the series of a deleted TaskQueue, so dashboards do not show ghosts."""
-    for gauge in _PER_QUEUE:
+    for gauge in (*_PER_QUEUE, QUEUE_CONSUMING_WORKERS, WORKER_RESTARTS, STUCK_WORKERS, BROKER_UP, BEAT_UP):
         for labels in list(gauge._metrics):  # prometheus_client has no public way to list label sets
             if labels[:2] == (namespace, name):
                 gauge.remove(*labels)

@@ -167,8 +167,16 @@ def test_cluster_wide_chart_runs_the_example_without_a_denied_request(chart_clus
         secret = tqs.core.read_namespaced_secret("shop-broker", "shop")
         url = base64.b64decode(secret.data["url"]).decode()
         celery.Celery(broker=url).send_task("myapp.tasks.record", args=["chart-runs", "hello"], queue="low_priority")
-        [entry] = wait_for(lambda: redis.Redis.from_url(url).lrange("chart-runs", 0, -1), READY_TIMEOUT,
-                           "the worker to run the task")
+        try:
+            [entry] = wait_for(lambda: redis.Redis.from_url(url).lrange("chart-runs", 0, -1), READY_TIMEOUT,
+                               "the worker to run the task")
+        except ConditionNotMet as timeout:
+            worker_log = chart_cluster.kubectl("logs", "-n", "shop", worker.metadata.name, "--tail=200",
+                                               check=False)
+            waiting = redis.Redis.from_url(url).llen("low_priority")
+            raise AssertionError(f"{timeout}\nlow_priority holds {waiting} messages\nworker log:\n"
+                                 f"{worker_log.stdout}{worker_log.stderr}\n"
+                                 f"{diagnostics(chart_cluster, tqs, 'shop')}") from None
         assert json.loads(entry)["hostname"] == f"low_priority@{worker.metadata.name}"
 
         # the operator pod runs the operator image, as its image's non-root user, with a projected token

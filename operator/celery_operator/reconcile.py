@@ -9,6 +9,7 @@ Deployment has not rolled out, to say why (podfailures.py). All I/O goes through
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import secrets
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import builders, drift, naming
+from . import builders, drift, metrics, naming
 from .beat import state as beat_state
 from .beat.jobs import DesiredJob, desired_jobs, plan_sync
 from .beat.state import BeatState, StateLocation
@@ -451,6 +452,18 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
     )
 
 
+def record_beat_up(identity: ObjectIdentity, verdict: Verdict) -> None:
+    """celery_operator_beat_up follows BeatReady: 1 True, 0 False, no series while no PeriodicJob
+    refers; a blocked pass restates BeatReady, so it leaves the series as it was too."""
+    if verdict.blocked is not None:
+        return
+    if verdict.beat is None:
+        with contextlib.suppress(KeyError):  # older prometheus_client releases raise for an absent series
+            metrics.BEAT_UP.remove(identity.namespace, identity.name)
+        return
+    metrics.BEAT_UP.labels(identity.namespace, identity.name).set(1 if verdict.beat.is_true else 0)
+
+
 def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Iterable[Manifest],
                         referring: Iterable[Mapping[str, Any]] = (), now: datetime.datetime | None = None) -> None:
     """One level-triggered pass over a TaskQueue. Errors a retry can fix propagate (kopf retries).
@@ -461,5 +474,6 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     with runtime.lock_for(identity.uid):
         verdict = converge(runtime, body, Children(observed), list(referring), moment.timestamp())
+        record_beat_up(identity, verdict)
         publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),
                 runtime.settings.field_manager, EVENTS)

@@ -9,6 +9,9 @@ so they never show in a process list):
   CELERY_OPERATOR_BEAT_INSTANCE      this beat's name in the leader lease (the pod name)
 
 SIGTERM or SIGINT stops it cleanly: the round in progress finishes and the lease is released.
+
+With `--health-port N` it also answers `GET /healthz` on port N (beat/health.py): 200 while its
+loop goes round, 503 once the loop is wedged. The operator's beat pod points its liveness probe there.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="do not take the leader lease (every beat contends; the claims keep runs unique)")
     parser.add_argument("--max-catch-up", type=int, default=None, metavar="N",
                         help="at most N missed runs per job are caught up after an outage")
+    parser.add_argument("--health-port", type=int, default=None, metavar="PORT",
+                        help="serve GET /healthz on this port (the liveness probe's); none by default")
     parser.add_argument("--log-level", default=os.environ.get("CELERY_OPERATOR_LOG_LEVEL", "INFO"))
     return parser
 
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("missing environment: %s", ", ".join(missing))
         return 2
 
+    from .health import HealthServer, Liveness
     from .runner import MAX_CATCH_UP, Beat, CelerySender
     from .state import BeatStore, StateLocation
 
@@ -54,12 +60,21 @@ def main(argv: list[str] | None = None) -> int:
                   prefix)
         return 2
     namespace, taskqueue = owner
+    liveness = Liveness()
+    health = None
+    if args.health_port is not None:
+        try:
+            health = HealthServer(liveness, args.health_port).start()
+        except OSError as error:
+            log.error("cannot serve the liveness check on port %d: %s", args.health_port, error)
+            return 2
+        log.info("liveness: GET /healthz on port %d", health.port)
     broker_url = os.environ[BROKER_URL_ENV]
     store = BeatStore(StateLocation(url=os.environ[BEAT_STATE_URL_ENV], prefix=prefix))
     sender = CelerySender(broker_url)
     beat = Beat(store, sender, namespace=namespace, instance=os.environ.get(BEAT_INSTANCE_ENV) or None,
                 max_catch_up=args.max_catch_up if args.max_catch_up is not None else MAX_CATCH_UP,
-                lease=not args.no_lease, secrets=(broker_url,))
+                lease=not args.no_lease, secrets=(broker_url,), liveness=liveness)
     stop = threading.Event()
 
     def on_signal(number: int, _frame: Any) -> None:
@@ -72,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         beat.run(stop)
     finally:
+        if health is not None:
+            health.stop()
         sender.close()
         store.close()
     log.info("stopped")

@@ -22,6 +22,13 @@ an old pod on an unreachable node while its replacement starts) idle instead of 
 claims make the schedule safe even when the lease is lost or doubted. The heartbeat key
 (`beat-heartbeat`, with a TTL) is how the operator knows a beat is leading (BeatReady).
 
+Liveness (beat/health.py): before every wait the loop says when it will be back, and after every
+send it attempts it says it moved on. `GET /healthz` (served by `__main__` from a daemon thread on
+the health port) answers 503 once the loop is overdue by more than 10 s, which only a wedged loop
+is: an unreachable Redis or broker makes rounds fail and back off, not stop. The kubelet restarts
+a wedged or frozen beat; the claims make that restart as safe as any other (nothing sent twice,
+the runs missed meanwhile caught up).
+
 Secrets: the broker and state URLs come from the environment (Secrets in the pod) and are never
 logged; error texts are scrubbed of them.
 """
@@ -42,6 +49,7 @@ from typing import Any, Final
 import redis
 
 from ..broker.urls import is_redis_url, redact, scrub
+from .health import Liveness
 from .jobs import BeatJob, parse_job, task_id
 from .schedule import due_slots, format_slot, next_slot
 from .state import ALREADY_CLAIMED, STALE, BeatStore
@@ -97,7 +105,8 @@ class Beat:
 
     def __init__(self, store: BeatStore, send: Sender, *, namespace: str, instance: str | None = None,
                  clock: Callable[[], float] = time.time, max_catch_up: int = MAX_CATCH_UP, lease: bool = True,
-                 poll_seconds: float = POLL_SECONDS, secrets: tuple[str, ...] = ()):
+                 poll_seconds: float = POLL_SECONDS, secrets: tuple[str, ...] = (),
+                 liveness: Liveness | None = None):
         self.store = store
         self.send = send
         self.namespace = namespace
@@ -107,6 +116,7 @@ class Beat:
         self.lease = lease
         self.poll_seconds = poll_seconds
         self.secrets = tuple(secrets) + (store.url,)  # URLs whose passwords never reach a log line
+        self.liveness = liveness or Liveness()
         self.leading = False
         self.sent = 0
         self._parsed: dict[str, tuple[str, BeatJob | None]] = {}
@@ -178,11 +188,13 @@ class Beat:
             try:
                 self.send(job, slot, identifier)
             except Exception as error:  # noqa: BLE001 - give the slot back, retry next round
+                self.liveness.progressed()
                 self.store.unclaim(job.name, slot, before)
                 log.error("%s: sending run %s failed, will retry: %s", job.name, format_slot(slot),
                           self._scrub(f"{type(error).__name__}: {error}"))
                 return now + self.poll_seconds
             self.sent += 1
+            self.liveness.progressed()
             log.info("sent %s run %s: task %s id %s", job.name, format_slot(slot), job.task, identifier)
         return next_slot(job.schedule, max(after, now))
 
@@ -206,6 +218,7 @@ class Beat:
                               self._scrub(f"{type(error).__name__}: {error}"))
                 failing = True
                 wait, backoff = backoff, min(backoff * 2, 5.0)
+            self.liveness.progressed(back_within=wait)
             stop.wait(wait)
         if self.leading and self.lease:
             try:

@@ -15,6 +15,16 @@ Two kinds of beat:
   django_celery_beat DatabaseScheduler case).
 
 Both are exec form: SIGTERM reaches the beat itself, which stops cleanly.
+
+Liveness: the operator's own beat serves `GET /healthz` on its container port `health` (8081)
+from a daemon thread, answered from a timestamp its loop keeps (beat/health.py): 200 while the
+loop goes round, failing or not (an unreachable Redis does not make it unhealthy: a restart would
+not help), 503 once the loop is wedged. A frozen process answers nothing and the probe times out.
+The kubelet restarts the container after three failed probes 5 s apart, giving a wedged beat 5 s
+instead of the pod's 30 to stop, so a frozen beat is replaced within about 20 s. It costs one HTTP
+GET every 5 s: no process is spawned (unlike an exec probe), the broker is not asked. A custom
+scheduler gets no probe: we cannot add an endpoint to the user's image, and `celery inspect`-style
+exec probes cost seconds of CPU.
 """
 
 from __future__ import annotations
@@ -45,6 +55,11 @@ BEAT_CONTAINER: Final = "beat"
 BEAT_MODULE: Final = "celery_operator.beat"
 # The beat stops within a second of SIGTERM; the grace period only bounds a hung send.
 BEAT_TERMINATION_GRACE_PERIOD_SECONDS: Final = 30
+BEAT_HEALTH_PORT: Final = 8081
+BEAT_HEALTH_PORT_NAME: Final = "health"
+BEAT_HEALTH_PATH: Final = "/healthz"  # beat/health.py's HEALTH_PATH (builders import no beat code)
+# A beat the probe found wedged or frozen will not stop by itself: no point waiting 30 s for it.
+BEAT_LIVENESS_GRACE_PERIOD_SECONDS: Final = 5
 
 StateRedis = Literal["broker", "managed"]  # which Redis holds the schedule state
 
@@ -67,6 +82,21 @@ def beat_command() -> list[str]:
     return ["python", "-m", BEAT_MODULE]
 
 
+def beat_args() -> list[str]:
+    return ["--health-port", str(BEAT_HEALTH_PORT)]
+
+
+def beat_liveness_probe() -> dict[str, Any]:
+    """Three failed GETs 5 s apart (a frozen beat times each out after 2 s), then a restart."""
+    return {
+        "httpGet": {"path": BEAT_HEALTH_PATH, "port": BEAT_HEALTH_PORT_NAME},
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+        "terminationGracePeriodSeconds": BEAT_LIVENESS_GRACE_PERIOD_SECONDS,
+    }
+
+
 def custom_beat_command(app: str, scheduler: str) -> list[str]:
     return ["celery", "-A", app, "beat", "-S", scheduler]
 
@@ -86,6 +116,7 @@ def _own_beat_container(owner: ObjectIdentity, spec: TaskQueueSpec, options: Bea
         "name": BEAT_CONTAINER,
         "image": image,
         "command": beat_command(),
+        "args": beat_args(),
         "env": [
             broker_url_env_var(owner.name),
             secret_env_var(naming.BEAT_STATE_URL_ENV, state_secret_name(owner, options.state),
@@ -93,6 +124,8 @@ def _own_beat_container(owner: ObjectIdentity, spec: TaskQueueSpec, options: Bea
             {"name": naming.BEAT_KEY_PREFIX_ENV, "value": naming.beat_key_prefix(owner.namespace, owner.name)},
             {"name": naming.BEAT_INSTANCE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
+        "ports": [{"name": BEAT_HEALTH_PORT_NAME, "containerPort": BEAT_HEALTH_PORT, "protocol": "TCP"}],
+        "livenessProbe": beat_liveness_probe(),
     }
     if spec.beat.resources:
         container["resources"] = copy.deepcopy(dict(spec.beat.resources))
@@ -101,8 +134,11 @@ def _own_beat_container(owner: ObjectIdentity, spec: TaskQueueSpec, options: Bea
 
 
 def build_beat_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions, image: str) -> Manifest:
-    """`image`: the operator's, for its own beat (a custom scheduler runs from spec.image)."""
-    """`<tq>-beat`: 1 replica, Recreate (the old pod is gone before the new one starts)."""
+    """`<tq>-beat`: 1 replica, Recreate (the old pod is gone before the new one starts).
+
+    `image`: the operator's, for its own beat, which gets the liveness probe; a custom scheduler
+    runs from spec.image, without a probe (its image has no endpoint of ours to ask).
+    """
     if options.custom:
         container = celery_container(
             spec, taskqueue=owner.name, name=BEAT_CONTAINER,
@@ -171,9 +207,13 @@ def build_beat(owner: ObjectIdentity, spec: TaskQueueSpec, options: BeatOptions 
 
 __all__ = [
     "BEAT_CONTAINER",
+    "BEAT_HEALTH_PATH",
+    "BEAT_HEALTH_PORT",
     "BROKER_URL_ENV",
     "BeatOptions",
+    "beat_args",
     "beat_command",
+    "beat_liveness_probe",
     "beat_state_url",
     "build_beat",
     "build_beat_deployment",

@@ -58,6 +58,10 @@ CELERY_WORKER_TASKS_ACTIVE = Gauge("celery_worker_tasks_active", "Tasks the work
 _PER_WORKER = (CELERY_WORKER_UP, CELERY_WORKER_TASKS_ACTIVE)
 
 _PER_QUEUE = (QUEUE_PENDING, QUEUE_IN_FLIGHT, QUEUE_DESIRED_REPLICAS, QUEUE_REPLICAS)
+# The evidences workerhealth reports. Their counters start at 0 with the queue: a series born at its
+# first increment hides that increment from increase(), and the CeleryWorkersStuck alert would
+# never see a queue's first stuck worker.
+STUCK_EVIDENCE = ("heartbeats-stopped", "idle-with-backlog")
 
 
 def record_queue(identity: ObjectIdentity, queue: str, pending: int, in_flight: int, desired: int,
@@ -66,6 +70,8 @@ def record_queue(identity: ObjectIdentity, queue: str, pending: int, in_flight: 
     for gauge, value in zip(_PER_QUEUE, (pending, in_flight, desired, replicas)):
         gauge.labels(*labels).set(value)
     CELERY_QUEUE_LENGTH.labels(*labels).set(pending)
+    for evidence in STUCK_EVIDENCE:
+        STUCK_WORKERS.labels(*labels, evidence)
 
 
 def worker_hostname(name: str) -> str:

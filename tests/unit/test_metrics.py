@@ -107,3 +107,14 @@ def test_forget_taskqueue_drops_the_exporter_series_too(identity: ObjectIdentity
             assert REGISTRY.get_sample_value(name, {**labels, "hostname": hostname}) is None
     assert REGISTRY.get_sample_value("celery_queue_length", {**labels, "taskqueue": "billing"}) == 1
     assert worker("celery_worker_up", other, "a") == 1
+
+
+def test_a_recorded_queue_counts_stuck_workers_from_zero(identity: ObjectIdentity) -> None:
+    metrics.record_queue(identity, "jobs", pending=0, in_flight=0, desired=0, replicas=0)
+    labels = {"namespace": identity.namespace, "taskqueue": "shop", "queue": "jobs"}
+    for evidence in ("heartbeats-stopped", "idle-with-backlog"):
+        assert REGISTRY.get_sample_value("celery_operator_stuck_workers_total", {**labels, "evidence": evidence}) == 0
+    metrics.STUCK_WORKERS.labels(identity.namespace, "shop", "jobs", "idle-with-backlog").inc()
+    metrics.record_queue(identity, "jobs", pending=0, in_flight=0, desired=0, replicas=0)
+    assert REGISTRY.get_sample_value("celery_operator_stuck_workers_total",
+                                     {**labels, "evidence": "idle-with-backlog"}) == 1

@@ -337,9 +337,9 @@ def test_rbac_has_no_wildcards_and_namespaced_mode_has_no_cluster_access_to_name
 
 def test_every_value_reaches_the_rendered_objects() -> None:
     objects = render("-f", str(EVERYTHING))
-    assert kinds(objects) == sorted(["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                                     "CustomResourceDefinition", "Deployment", "Role", "Role", "RoleBinding",
-                                     "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor"])
+    assert kinds(objects) == sorted(["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
+                                     "CustomResourceDefinition", "Deployment", "PrometheusRule", "Role", "Role",
+                                     "RoleBinding", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor"])
     deployment = only(objects, "Deployment", "celery-ops")
     assert deployment["metadata"]["labels"]["app.kubernetes.io/name"] == "celery-op"
     pod = deployment["spec"]["template"]

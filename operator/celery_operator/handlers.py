@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from . import metrics, naming, periodicjobs, reconcile, scaler
+from . import metrics, naming, periodicjobs, reconcile, scaler, workerhealth
 from .children import controller_uid
 from .settings import Settings
 
@@ -47,11 +47,11 @@ def owned_volume_claims(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] 
 
 
 def worker_pods(body: kopf.Body, namespace: str, labels: kopf.Labels,
-                **_: Any) -> dict[tuple[str, str, str], scaler.WorkerPod] | None:
+                **_: Any) -> dict[tuple[str, str, str], workerhealth.WorkerPod] | None:
     if body.metadata.get("deletionTimestamp"):
         return None  # already leaving: not a candidate for anything
     key = (namespace, labels.get(naming.LABEL_INSTANCE, ""), labels.get(naming.LABEL_QUEUE, ""))
-    return {key: scaler.WorkerPod.of(body)}
+    return {key: workerhealth.worker_pod(body, naming.WORKER_CONTAINER)}
 
 
 def periodicjobs_by_taskqueue(body: kopf.Body, namespace: str, spec: kopf.Spec,
@@ -92,7 +92,7 @@ async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid:
     runtime = memo.runtime
     loop = asyncio.get_running_loop()
 
-    def pods_of(queue_dns: str) -> list[scaler.WorkerPod]:
+    def pods_of(queue_dns: str) -> list[workerhealth.WorkerPod]:
         return list(worker_pods.get((namespace, name, queue_dns), []))
 
     woken = runtime.wakeups.register(uid)

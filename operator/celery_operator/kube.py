@@ -55,6 +55,7 @@ _BY_KIND: Final = {(r.api_version, r.kind): r for r in RESOURCE_TYPES}
 
 APPLY_PATCH: Final = "application/apply-patch+yaml"
 MERGE_PATCH: Final = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH: Final = "application/strategic-merge-patch+json"
 
 
 def resource_type(api_version: str, kind: str) -> ResourceType:
@@ -190,6 +191,13 @@ class Kube:
         path = resource_type(api_version, kind).object_path(namespace, name)
         return self._call("PATCH", path, body={"metadata": {"annotations": dict(annotations)}},
                           content_type=MERGE_PATCH)
+
+    def set_pod_condition(self, namespace: str, name: str, condition: Mapping[str, Any]) -> Manifest:
+        """Set one condition of a pod's status (a strategic merge: conditions merge by type, the
+        kubelet's stay): the worker pods' readiness gate."""
+        path = resource_type("v1", "Pod").object_path(namespace, name) + "/status"
+        return self._call("PATCH", path, body={"status": {"conditions": [dict(condition)]}},
+                          content_type=STRATEGIC_MERGE_PATCH)
 
     def scale(self, namespace: str, deployment: str, replicas: int, field_manager: str) -> Manifest:
         """Set a Deployment's replicas through its scale subresource, owned by `field_manager`."""

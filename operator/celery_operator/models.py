@@ -35,6 +35,13 @@ DEFAULT_TIME_ZONE: Final = "UTC"
 IMAGE_PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 BROKER_URL_SCHEMES: Final = ("redis", "rediss", "amqp", "amqps")
 MAX_QUEUES: Final = 50
+HEALTH_ACTIONS: Final = ("Restart", "Report")
+DEFAULT_HEALTH_ACTION: Final = "Restart"
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: Final = 30
+DEFAULT_IDLE_WITH_BACKLOG_SECONDS: Final = 60
+# A worker heartbeats every 2 s and counts as silent after 5 s: a shorter threshold would restart
+# workers for one late heartbeat.
+MIN_STUCK_THRESHOLD_SECONDS: Final = 10
 
 # The regular expressions below are also the CRD's CEL rules, character for character (a unit test
 # checks), so admission and the operator agree.
@@ -107,6 +114,25 @@ class SecretKeyRef:
 
 
 @dataclass(frozen=True)
+class WorkerHealth:
+    """`workers.health`: when a worker counts as stuck, and what the operator does about it.
+
+    heartbeat_timeout_seconds: its heartbeats stopped this long while its container runs (0 = never).
+    idle_with_backlog_seconds: free slots, messages waiting in its queue, nothing taken for this long
+    (0 = never).
+    action: Restart (delete the pod, its Deployment makes a new one) or Report (Event and metric only).
+    """
+
+    action: str = DEFAULT_HEALTH_ACTION
+    heartbeat_timeout_seconds: int = DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
+    idle_with_backlog_seconds: int = DEFAULT_IDLE_WITH_BACKLOG_SECONDS
+
+    @property
+    def restarts(self) -> bool:
+        return self.action == "Restart"
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """How a queue's workers run; `spec.workers`, possibly overridden per queue."""
 
@@ -117,6 +143,9 @@ class WorkerSettings:
     termination_grace_period_seconds: int = DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
     resources: Mapping[str, Any] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
+    mingle: bool = False  # Celery's start-up sync with the other workers (revoked ids, logical clock)
+    gossip: bool = False  # Celery's worker-to-worker events (leader election for bootsteps that ask)
+    health: WorkerHealth = field(default_factory=WorkerHealth)
 
 
 @dataclass(frozen=True)
@@ -375,6 +404,32 @@ def _parse_worker_settings(
         ),
         resources=_object(values, "resources", path) if values.get("resources") is not None else base.resources,
         extra_args=parsed_extra_args,
+        mingle=_bool(values, "mingle", path, base.mingle),
+        gossip=_bool(values, "gossip", path, base.gossip),
+        health=_parse_worker_health(values, path, base.health),
+    )
+
+
+def _stuck_threshold(values: Mapping[str, Any], key: str, path: str, default: int) -> int:
+    seconds = _int(values, key, path, default, minimum=0, maximum=86400)
+    if 0 < seconds < MIN_STUCK_THRESHOLD_SECONDS:
+        raise SpecError(f"{path}.{key}", f"must be 0 (never) or at least {MIN_STUCK_THRESHOLD_SECONDS} "
+                                         f"(got {seconds})")
+    return seconds
+
+
+def _parse_worker_health(values: Mapping[str, Any], path: str, inherited: WorkerHealth) -> WorkerHealth:
+    """`workers.health`; a queue's fields override spec.workers.health one by one."""
+    if values.get("health") is None:
+        return inherited
+    path = f"{path}.health"
+    health = _mapping(values["health"], path)
+    return WorkerHealth(
+        action=_optional_enum(health, "action", path, HEALTH_ACTIONS) or inherited.action,
+        heartbeat_timeout_seconds=_stuck_threshold(health, "heartbeatTimeoutSeconds", path,
+                                                   inherited.heartbeat_timeout_seconds),
+        idle_with_backlog_seconds=_stuck_threshold(health, "idleWithBacklogSeconds", path,
+                                                   inherited.idle_with_backlog_seconds),
     )
 
 

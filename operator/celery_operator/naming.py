@@ -27,6 +27,10 @@ LABEL_BEAT_ROLE: Final = f"{GROUP}/beat-role"
 BEAT_ROLE_SCHEDULER: Final = "scheduler"
 BEAT_ROLE_STATE: Final = "state"
 ANNOTATION_QUEUE_NAME: Final = f"{GROUP}/queue-name"
+# The worker pods' readiness gate: True while the pod's Celery worker consumes (its heartbeats),
+# set by the operator on the pod's status.
+CONDITION_CONSUMING: Final = f"{GROUP}/consuming"
+WORKER_CONTAINER: Final = "worker"  # the container of a worker pod that runs Celery
 # On every child: the hash of the manifest last applied to it (drift.py), so that an edit which only
 # removes something is seen as a change.
 ANNOTATION_APPLIED_HASH: Final = f"{GROUP}/applied-hash"

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from .beat.state import BeatState, StateLocation
 from .broker.depth import QueueDepth
-from .broker.heartbeats import QueueActivity
+from .broker.heartbeats import QueueActivity, WorkerState
 
 Manifest = dict[str, Any]
 
@@ -30,6 +30,8 @@ class KubePort(Protocol):
     def annotate(self, api_version: str, kind: str, namespace: str, name: str,
                  annotations: Mapping[str, str | None]) -> Manifest: ...
 
+    def set_pod_condition(self, namespace: str, name: str, condition: Mapping[str, Any]) -> Manifest: ...
+
     def apply_status(self, body: Mapping[str, Any], status: Mapping[str, Any], field_manager: str) -> Manifest: ...
 
     def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str, message: str) -> None: ...
@@ -43,6 +45,8 @@ class BrokerSession(Protocol):
     def read_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]: ...
 
     def activity(self, queue: str, pods: Collection[str]) -> QueueActivity: ...
+
+    def workers(self, queue: str, pods: Collection[str]) -> list[WorkerState]: ...
 
     def busy_workers(self, worker_names: Collection[str], timeout: float) -> set[str]: ...
 

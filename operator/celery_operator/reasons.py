@@ -75,6 +75,8 @@ class EventReason:
     SCALED_UP: Final = "ScaledUp"
     SCALED_DOWN: Final = "ScaledDown"
     BROKER_AVAILABLE: Final = "BrokerAvailable"  # the scaler reads the broker again after an outage
+    WORKER_STUCK: Final = "WorkerStuck"  # a worker alive but not consuming (workerhealth.py)
+    WORKER_RESTARTED: Final = "WorkerRestarted"  # a worker container restarted (OOMKilled, Error, ...)
 
 
 # A TaskQueue's Ready=False for one of these is progress (things are starting), told with a

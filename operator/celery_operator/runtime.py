@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .ports import BeatStatePort, BrokerPort, KubePort
 from .scaling_policy import History
 from .settings import Settings
+from .workerhealth import PodMemory
 
 
 class Wakeups:
@@ -48,6 +51,8 @@ class QueueMemory:
 
     history: History = field(default_factory=History)
     last_scale_time: str | None = None
+    pods: Mapping[str, PodMemory] = field(default_factory=dict)  # the health checks' memory of each pod
+    last_restart: Mapping[str, Any] | None = None  # status.queues[].lastRestart
 
 
 @dataclass

@@ -11,6 +11,7 @@ so the ReplicaSet controller removes idle workers first.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import time
@@ -18,17 +19,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import metrics, naming, scaling_policy
+from . import metrics, naming, scaling_policy, workerhealth
 from .broker.depth import QueueDepth
+from .broker.heartbeats import WorkerState
 from .broker.urls import BrokerUnavailable
 from .broker.workers import worker_hostname
 from .children import Children, Manifest
 from .conditions import Condition, format_time
+from .kube import KubeError
 from .models import ObjectIdentity, QueueSpec, SpecError, TaskQueueSpec
 from .ports import BrokerSession
 from .reasons import Autoscaling, EventReason
-from .runtime import Runtime
+from .runtime import QueueMemory, Runtime
 from .status import Event, StatusPart, publish, transition
+from .workerhealth import WorkerPod
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +46,8 @@ WAKE_GAP_SECONDS: Final = 0.25
 # between ticks while a TaskQueue is not yet reconciled or its broker never answered
 UNSETTLED_RETRY_SECONDS: Final = 1.0
 STATUS: Final = StatusPart(conditions=frozenset({Autoscaling.TYPE}), fields=frozenset({"pending"}),
-                           queue_fields=("name", "pending", "inFlight", "desiredReplicas", "lastScaleTime"))
-
-
-@dataclass(frozen=True)
-class WorkerPod:
-    name: str
-    annotations: Mapping[str, str]
-
-    @classmethod
-    def of(cls, body: Mapping[str, Any]) -> WorkerPod:
-        metadata = body.get("metadata") or {}
-        return cls(name=metadata["name"], annotations=dict(metadata.get("annotations") or {}))
+                           queue_fields=("name", "pending", "inFlight", "desiredReplicas", "lastScaleTime",
+                                         "restarts", "lastRestart"))
 
 
 PodsOfQueue = Callable[[str], Sequence[WorkerPod]]  # queue DNS name -> its live (not terminating) worker pods
@@ -69,12 +63,16 @@ class QueueOutcome:
     desired: int
     last_scale_time: str | None
     idle_at_zero: bool = False  # autoscaled and scaled to zero: its first message should wake the scaler
+    restarts: int = 0  # the current worker pods' container restarts, summed
+    last_restart: Mapping[str, Any] | None = None
 
     def status(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "pending": self.pending, "inFlight": self.in_flight,
-                                 "desiredReplicas": self.desired}
+                                 "desiredReplicas": self.desired, "restarts": self.restarts}
         if self.last_scale_time is not None:
             entry["lastScaleTime"] = self.last_scale_time
+        if self.last_restart is not None:
+            entry["lastRestart"] = dict(self.last_restart)
         return entry
 
 
@@ -161,13 +159,21 @@ def observe_queue(tick: Tick, view: QueueView) -> scaling_policy.Observation | s
                                       busy_workers=len(activity.busy_pods))
 
 
-def _busy_pods(tick: Tick, view: QueueView) -> set[str]:
-    """The queue's pods running a task, asked of the workers right now (a silent one counts as busy)."""
+def _busy_pods(tick: Tick, view: QueueView, heartbeats: Mapping[str, WorkerState] | None) -> set[str]:
+    """The queue's pods running a task, asked of the workers right now (a silent one counts as busy).
+
+    Only workers that have heartbeated are asked: one that never came online holds no task, and a
+    pod whose worker cannot start (crash loop, broker unreachable from it) must not count as busy
+    for ever. Without heartbeats to go by, every pod is asked, and one that does not answer is busy.
+    """
     try:
         known = set(tick.session.activity(view.queue.name, view.pod_names).busy_pods)
     except BrokerUnavailable:
         known = set()
-    names = {worker_hostname(view.queue.name, pod.name): pod.name for pod in view.pods}
+    asked = [pod for pod in view.pods if heartbeats is None or pod.name in heartbeats]
+    if not asked:
+        return known
+    names = {worker_hostname(view.queue.name, pod.name): pod.name for pod in asked}
     try:
         answered = tick.session.busy_workers(list(names), timeout=INSPECT_TIMEOUT_SECONDS)
     except BrokerUnavailable as error:
@@ -176,20 +182,23 @@ def _busy_pods(tick: Tick, view: QueueView) -> set[str]:
     return {names[name] for name in answered if name in names} | known
 
 
-def _protect_busy_pods(tick: Tick, view: QueueView) -> None:
+def _protect_busy_pods(tick: Tick, view: QueueView, busy: set[str]) -> None:
     """Price the queue's pods for the ReplicaSet controller: busy ones dear, idle ones cheap."""
-    busy = _busy_pods(tick, view)
     for pod in view.pods:
         cost = str(BUSY_POD_COST if pod.name in busy else IDLE_POD_COST)
         if pod.annotations.get(DELETION_COST) != cost:
-            tick.runtime.kube.annotate("v1", "Pod", tick.identity.namespace, pod.name, {DELETION_COST: cost})
+            try:
+                tick.runtime.kube.annotate("v1", "Pod", tick.identity.namespace, pod.name, {DELETION_COST: cost})
+            except KubeError as error:
+                if not error.not_found:  # a pod that left since the index saw it needs no price
+                    raise
 
 
-def _scale(tick: Tick, view: QueueView, decision: scaling_policy.Decision) -> None:
+def _scale(tick: Tick, view: QueueView, decision: scaling_policy.Decision, busy: set[str] | None) -> None:
     runtime, identity = tick.runtime, tick.identity
     deployment = naming.worker_name(identity.name, view.queue.name)
-    if decision.direction == "down" and view.pods:
-        _protect_busy_pods(tick, view)
+    if busy is not None:
+        _protect_busy_pods(tick, view, busy)
     runtime.kube.scale(identity.namespace, deployment, decision.replicas, runtime.settings.scaler_field_manager)
     reason = EventReason.SCALED_UP if decision.direction == "up" else EventReason.SCALED_DOWN
     message = f"{deployment}: {decision.current} → {decision.replicas} replicas ({decision.reason})"
@@ -198,19 +207,41 @@ def _scale(tick: Tick, view: QueueView, decision: scaling_policy.Decision) -> No
     metrics.SCALE_EVENTS.labels(identity.namespace, identity.name, view.queue.name, decision.direction).inc()
 
 
+def _decide(tick: Tick, view: QueueView, observation: scaling_policy.Observation | scaling_policy.Unknown,
+            memory: QueueMemory, heartbeats: Mapping[str, WorkerState] | None,
+            ) -> tuple[scaling_policy.Decision, set[str] | None]:
+    """The policy's decision; before a scale-down, checked against the workers' own answer of which are
+    busy now (heartbeats are up to 2 s old: a worker that took tasks since would look idle). Returns
+    the busy pods too when it asked, for pricing them."""
+    queue, current, now = view.queue, view.replicas, time.monotonic()
+    assert queue.autoscaling is not None
+    policy = scaling_policy.ScalingPolicy.from_spec(queue.autoscaling, tick.spec.autoscaling)
+    decision = scaling_policy.decide(observation, policy, memory.history, current, now)
+    if decision.direction != "down" or not view.pods or not isinstance(observation, scaling_policy.Observation):
+        return decision, None
+    busy = _busy_pods(tick, view, heartbeats)
+    if len(busy) > observation.busy_workers:
+        observation = dataclasses.replace(observation, busy_workers=len(busy))
+        decision = scaling_policy.decide(observation, policy, memory.history, current, now)
+    return decision, busy
+
+
 def tick_queue(tick: Tick, view: QueueView) -> QueueOutcome:
-    """Measure one queue and, when it is autoscaled and has its Deployment, scale it."""
+    """Measure one queue, check its workers' health and, when it is autoscaled and has its Deployment,
+    scale it."""
     queue, current = view.queue, view.replicas
     memory = tick.runtime.queue_memory(tick.identity.uid, queue.name)
     observation = observe_queue(tick, view)
+    heartbeats = _heartbeats(tick, view)
+    pending_now = observation.pending if isinstance(observation, scaling_policy.Observation) else None
+    restarts = check_workers(tick, view, heartbeats, pending_now, memory)
     desired, replicas = current, current
     if queue.autoscaling is not None and view.deployment is not None:
-        policy = scaling_policy.ScalingPolicy.from_spec(queue.autoscaling, tick.spec.autoscaling)
-        decision = scaling_policy.decide(observation, policy, memory.history, current, time.monotonic())
+        decision, busy = _decide(tick, view, observation, memory, heartbeats)
         memory.history = decision.history
         desired = decision.desired if decision.desired is not None else current
         if decision.changed:
-            _scale(tick, view, decision)
+            _scale(tick, view, decision, busy)
             memory.last_scale_time = format_time(datetime.datetime.now(datetime.timezone.utc))
             replicas = decision.replicas
     elif queue.autoscaling is not None:
@@ -223,7 +254,90 @@ def tick_queue(tick: Tick, view: QueueView) -> QueueOutcome:
     metrics.record_queue(tick.identity, queue.name, pending, in_flight, desired, current)
     return QueueOutcome(name=queue.name, pending=pending, in_flight=in_flight, desired=desired,
                         last_scale_time=memory.last_scale_time or previous.get("lastScaleTime"),
-                        idle_at_zero=queue.autoscaling is not None and view.deployment is not None and replicas == 0)
+                        idle_at_zero=queue.autoscaling is not None and view.deployment is not None and replicas == 0,
+                        restarts=restarts, last_restart=memory.last_restart or previous.get("lastRestart"))
+
+
+# --- worker health --------------------------------------------------------------------------------
+
+def _heartbeats(tick: Tick, view: QueueView) -> dict[str, WorkerState] | None:
+    """The latest heartbeat of each of the queue's pods that has one; None: no heartbeats to go by."""
+    if not view.pods:
+        return {}
+    try:
+        states = tick.session.workers(view.queue.name, view.pod_names)
+    except BrokerUnavailable:
+        return None
+    return {state.pod: state for state in states if state.pod}
+
+
+def check_workers(tick: Tick, view: QueueView, heartbeats: Mapping[str, WorkerState] | None, pending: int | None,
+                  memory: QueueMemory) -> int:
+    """Readiness gates, stuck workers and restarts of one queue's pods (workerhealth.py); acts on them
+    and returns the pods' container restarts, summed."""
+    queue, identity = view.queue, tick.identity
+    facts = workerhealth.QueueFacts(
+        hostname_of={pod.name: worker_hostname(queue.name, pod.name) for pod in view.pods},
+        settings=queue.workers, pods=view.pods, heartbeats=heartbeats, pending=pending)
+    verdict = workerhealth.assess(facts, memory.pods, time.monotonic())
+    memory.pods = verdict.memory
+    for change in verdict.gates:
+        _set_gate(tick, change)
+    for stuck in verdict.stuck:
+        _report_stuck(tick, view, stuck)
+    for restart in verdict.restarts:
+        _report_restart(tick, view, restart)
+        memory.last_restart = _restart_status(restart)
+    labels = (identity.namespace, identity.name, queue.name)
+    metrics.QUEUE_CONSUMING_WORKERS.labels(*labels).set(verdict.consuming)
+    if heartbeats is not None:
+        metrics.record_workers(identity, queue.name,
+                               up={facts.hostname_of[pod]: state.active for pod, state in heartbeats.items()
+                                   if not state.silent and pod in facts.hostname_of},
+                               down=[facts.hostname_of[pod] for pod, state in heartbeats.items()
+                                     if state.silent and pod in facts.hostname_of])
+    return sum(pod.restarts for pod in view.pods)
+
+
+def _set_gate(tick: Tick, change: workerhealth.GateChange) -> None:
+    condition = {"type": naming.CONDITION_CONSUMING, "status": change.status, "reason": change.reason,
+                 "message": change.message,
+                 "lastTransitionTime": format_time(datetime.datetime.now(datetime.timezone.utc))}
+    try:
+        tick.runtime.kube.set_pod_condition(tick.identity.namespace, change.pod, condition)
+    except KubeError as error:
+        if not error.not_found:  # a pod gone needs no gate; anything else is retried next tick
+            logger.warning("cannot set %s on pod %s/%s: %s", naming.CONDITION_CONSUMING, tick.identity.namespace,
+                           change.pod, error)
+
+
+def _report_stuck(tick: Tick, view: QueueView, stuck: workerhealth.Stuck) -> None:
+    identity, health = tick.identity, view.queue.workers.health
+    action = ("deleting it: its Deployment starts another" if health.restarts
+              else "reported only (workers.health.action: Report)")
+    message = f"pod {stuck.pod}: {stuck.message}; {action}"
+    logger.warning("%s/%s %s", identity.namespace, identity.name, message)
+    tick.runtime.kube.post_event(tick.body, "Warning", EventReason.WORKER_STUCK, message)
+    metrics.STUCK_WORKERS.labels(identity.namespace, identity.name, view.queue.name, stuck.evidence).inc()
+    if health.restarts:
+        tick.runtime.kube.delete("v1", "Pod", identity.namespace, stuck.pod, uid=stuck.uid or None)
+
+
+def _report_restart(tick: Tick, view: QueueView, restart: workerhealth.Restart) -> None:
+    identity = tick.identity
+    logger.warning("%s/%s %s", identity.namespace, identity.name, restart.message())
+    tick.runtime.kube.post_event(tick.body, "Warning", EventReason.WORKER_RESTARTED, restart.message())
+    metrics.WORKER_RESTARTS.labels(identity.namespace, identity.name, view.queue.name,
+                                   restart.reason).inc(restart.restarts)
+
+
+def _restart_status(restart: workerhealth.Restart) -> dict[str, Any]:
+    entry: dict[str, Any] = {"pod": restart.pod, "reason": restart.reason, "inFlight": restart.in_flight}
+    if restart.exit_code is not None:
+        entry["exitCode"] = restart.exit_code
+    if restart.finished_at:
+        entry["time"] = restart.finished_at
+    return entry
 
 
 # --- status ---------------------------------------------------------------------------------------
@@ -291,6 +405,7 @@ def tick(runtime: Runtime, body: Mapping[str, Any], observed: Sequence[Manifest]
         metrics.BROKER_ERRORS.labels(identity.namespace, identity.name).inc()
     else:
         runtime.mark_broker_read(identity.uid)
+    metrics.BROKER_UP.labels(identity.namespace, identity.name).set(unreadable is None)
     this_tick = Tick(runtime, body, identity, spec, session, depths, unreadable)
     views = [QueueView(queue, children.deployment(naming.worker_name(identity.name, queue.name)),
                        pods_of(queue.dns_name)) for queue in spec.queues]

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery_operator.beat.state import BeatState, StateLocation
 from celery_operator.broker.depth import QueueDepth
-from celery_operator.broker.heartbeats import QueueActivity
+from celery_operator.broker.heartbeats import QueueActivity, WorkerState
 from celery_operator.broker.urls import BrokerUnavailable
 from celery_operator.children import controller_uid
 from celery_operator.kube import KubeError
@@ -165,6 +165,13 @@ class FakeKube:
         return any(entry.get("manager") == SCALER for entry in body["metadata"].get("managedFields") or [])
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
+        if kind == "Pod":
+            found = [pod for pod in self.pods if pod["metadata"]["name"] == name]
+            if not found:
+                return False
+            self.writes.append(("delete", kind, name))
+            self.pods.remove(found[0])
+            return True
         stored = self.objects.get((kind, namespace, name))
         if stored is None or (uid and stored.body["metadata"].get("uid") != uid):
             return False
@@ -185,6 +192,15 @@ class FakeKube:
         body["metadata"]["managedFields"] = [*managed, {"manager": field_manager, "operation": "Apply",
                                                         "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
         return copy.deepcopy(body)
+
+    def set_pod_condition(self, namespace: str, name: str, condition: Mapping[str, Any]) -> Manifest:
+        for pod in self.pods:
+            if pod["metadata"]["name"] == name:
+                self.writes.append(("condition", "Pod", name))
+                conditions = pod.setdefault("status", {}).setdefault("conditions", [])
+                conditions[:] = [c for c in conditions if c["type"] != condition["type"]] + [dict(condition)]
+                return copy.deepcopy(pod)
+        raise KubeError(404, "NotFound", f"pods {name!r} not found")
 
     def annotate(self, api_version: str, kind: str, namespace: str, name: str,
                  annotations: Mapping[str, str | None]) -> Manifest:
@@ -222,6 +238,7 @@ class FakeSession:
         self.depths: dict[str, QueueDepth] = {}
         self.activities: dict[str, QueueActivity] = {}
         self.busy: set[str] = set()  # worker hostnames that say they are busy when asked
+        self.heartbeats: dict[str, list[WorkerState]] = {}  # queue -> its workers' latest heartbeats
         self.unavailable: str | None = None
         self.watched: dict[str, set[str]] = {}
 
@@ -236,6 +253,10 @@ class FakeSession:
     def activity(self, queue: str, pods: Collection[str]) -> QueueActivity:
         self._check()
         return self.activities.get(queue, QueueActivity(in_flight=0, busy_pods=frozenset(), workers=len(pods)))
+
+    def workers(self, queue: str, pods: Collection[str]) -> list[WorkerState]:
+        self._check()
+        return [state for state in self.heartbeats.get(queue, []) if state.pod in pods]
 
     def busy_workers(self, worker_names: Collection[str], timeout: float) -> set[str]:
         self._check()

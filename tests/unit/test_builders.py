@@ -63,7 +63,16 @@ def test_worker_command_exact() -> None:
     assert worker_command(spec.app, spec.queue("high_priority")) == [
         "celery", "-A", "myproject", "worker", "-Q", "high_priority", "--hostname", "high_priority@%h",
         "--concurrency", "8", "--pool", "prefork", "--prefetch-multiplier", "1",
+        "--without-mingle", "--without-gossip",
     ]
+
+
+def test_mingle_and_gossip_come_back_when_asked_for_per_queue() -> None:
+    spec = parse(workers={"mingle": True})
+    assert "--without-mingle" not in worker_command(spec.app, spec.queue("low_priority"))
+    assert "--without-gossip" in worker_command(spec.app, spec.queue("low_priority"))
+    spec = parse(queues=[{"name": "jobs", "gossip": True}])
+    assert worker_command(spec.app, spec.queue("jobs"))[-1:] == ["--without-mingle"]
 
 
 def test_worker_command_with_max_tasks_per_child_and_extra_args() -> None:
@@ -72,7 +81,7 @@ def test_worker_command_with_max_tasks_per_child_and_extra_args() -> None:
     assert worker_command(spec.app, spec.queue("low_priority")) == [
         "celery", "-A", "myproject", "worker", "-Q", "low_priority", "--hostname", "low_priority@%h",
         "--concurrency", "2", "--pool", "threads", "--prefetch-multiplier", "4",
-        "--max-tasks-per-child", "50", "-O", "fair",
+        "--max-tasks-per-child", "50", "--without-mingle", "--without-gossip", "-O", "fair",
     ]
 
 

@@ -255,7 +255,7 @@ def test_status_schema() -> None:
     }
     queue = status["properties"]["queues"]["items"]["properties"]
     assert set(queue) == {"name", "pending", "inFlight", "replicas", "readyReplicas", "desiredReplicas",
-                          "lastScaleTime"}
+                          "lastScaleTime", "restarts", "lastRestart"}
     for kind in CRD_FILES:
         condition = at(schema(kind), "status.conditions")
         assert condition["x-kubernetes-list-map-keys"] == ["type"]

@@ -15,7 +15,8 @@ IDENTITY = ObjectIdentity(name="shop", namespace="ns", uid="u1", generation=2)
 SPEC = TaskQueueSpec.parse({"image": "app:1", "app": "proj", "queues": [
     {"name": "fast", "autoscaling": {"maxReplicas": 5}}, {"name": "slow", "replicas": 1}]})
 FIXED_ONLY = TaskQueueSpec.parse({"image": "app:1", "app": "proj", "queues": [{"name": "slow", "replicas": 1}]})
-OUTCOMES = [scaler.QueueOutcome("fast", pending=7, in_flight=2, desired=5, last_scale_time="t1"),
+OUTCOMES = [scaler.QueueOutcome("fast", pending=7, in_flight=2, desired=5, last_scale_time="t1", restarts=2,
+                                 last_restart={"pod": "p", "reason": "OOMKilled", "exitCode": 137, "inFlight": 1}),
             scaler.QueueOutcome("slow", pending=1, in_flight=0, desired=1, last_scale_time=None)]
 
 
@@ -27,8 +28,9 @@ def _condition(status: dict) -> dict:
 def test_status_has_per_queue_figures_and_the_total() -> None:
     status = scaler.compose_scaler_status({}, IDENTITY, SPEC, OUTCOMES, unreadable=None)
     assert status["queues"] == [
-        {"name": "fast", "pending": 7, "inFlight": 2, "desiredReplicas": 5, "lastScaleTime": "t1"},
-        {"name": "slow", "pending": 1, "inFlight": 0, "desiredReplicas": 1}]
+        {"name": "fast", "pending": 7, "inFlight": 2, "desiredReplicas": 5, "restarts": 2, "lastScaleTime": "t1",
+         "lastRestart": {"pod": "p", "reason": "OOMKilled", "exitCode": 137, "inFlight": 1}},
+        {"name": "slow", "pending": 1, "inFlight": 0, "desiredReplicas": 1, "restarts": 0}]
     assert status["pending"] == 8
     assert (_condition(status)["type"], _condition(status)["status"]) == ("Autoscaling", "True")
     assert _condition(status)["observedGeneration"] == 2

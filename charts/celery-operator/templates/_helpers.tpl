@@ -109,10 +109,14 @@ this chart (tests/e2e/test_chart_rbac.py) and from operator/celery_operator/kube
 # TaskQueue's pods by label while one of its Deployments has not rolled out, to name the kubelet's
 # reason when they cannot run (image pull, config, crash loop, OOM); the scaler merge-patches the
 # controller.kubernetes.io/pod-deletion-cost annotation on worker pods, so scale-down removes idle
-# workers first.
+# workers first, and deletes a worker pod found stuck (workers.health.action Restart).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "patch", "delete"]
+# The worker pods' readiness gate celery-operator.dev/consuming, set from the workers' heartbeats.
+- apiGroups: [""]
+  resources: ["pods/status"]
+  verbs: ["patch"]
 # Events on TaskQueues and PeriodicJobs, on state changes (kopf's own event posting is off).
 - apiGroups: [""]
   resources: ["events"]

@@ -211,8 +211,10 @@ class HeartbeatMonitor:
         poll_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         transport_options: Mapping[str, Any] | None = None,
+        on_worker_online: Callable[[str], None] | None = None,
     ):
         self.url = url
+        self.on_worker_online = on_worker_online  # called with the hostname, from the monitor's thread
         self.transport_options = dict(transport_options or {})
         self.timeout = timeout
         self.warmup = warmup
@@ -313,11 +315,22 @@ class HeartbeatMonitor:
         """Everything known now (no readiness check): for status, debugging and tests."""
         return self.table.workers(queue, pods)
 
+    def current_workers(self, queue: str, pods: Collection[str] | None = None) -> list[WorkerState]:
+        """The queue's known workers, as evidence: raises BrokerUnavailable while not connected or warming up."""
+        self._check()
+        return self.table.workers(queue, pods)
+
     # the thread
 
     def _on_heartbeat(self, event: Mapping[str, Any]) -> None:
         self.events_received += 1
         self.table.heartbeat(event)
+
+    def _on_online(self, event: Mapping[str, Any]) -> None:
+        self._on_heartbeat(event)
+        hostname = event.get("hostname")
+        if self.on_worker_online is not None and isinstance(hostname, str):
+            self.on_worker_online(hostname)
 
     def _on_offline(self, event: Mapping[str, Any]) -> None:
         self.events_received += 1
@@ -373,7 +386,7 @@ class HeartbeatMonitor:
                 connection,
                 handlers={
                     "worker-heartbeat": self._on_heartbeat,
-                    "worker-online": self._on_heartbeat,
+                    "worker-online": self._on_online,
                     "worker-offline": self._on_offline,
                 },
                 routing_key="worker.#",

@@ -4,6 +4,7 @@ last of them lets go."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from .arrivals import ArrivalWatcher
 from .control import busy_workers
 from .depth import DepthReader, QueueDepth, depth_reader_for
-from .heartbeats import HeartbeatMonitor, QueueActivity
+from .heartbeats import HeartbeatMonitor, QueueActivity, WorkerState
 from .probe import probe
 from .urls import is_redis_url, redact
 
@@ -36,6 +37,10 @@ class BrokerSession:
     def activity(self, queue: str, pods: Collection[str]) -> QueueActivity:
         """Raises BrokerUnavailable."""
         return self.monitor.activity(queue, pods=pods)
+
+    def workers(self, queue: str, pods: Collection[str]) -> list[WorkerState]:
+        """The queue's workers among `pods`, by their latest heartbeat. Raises BrokerUnavailable."""
+        return self.monitor.current_workers(queue, pods=pods)
 
     def busy_workers(self, worker_names: Collection[str], timeout: float) -> set[str]:
         """Raises BrokerUnavailable."""
@@ -80,13 +85,24 @@ class BrokerRegistry:
             session = self._by_url.get(url)
             if session is None:
                 arrivals = ArrivalWatcher(url, self._on_arrival, timeout=self._timeout) if is_redis_url(url) else None
+                monitor = HeartbeatMonitor(url, timeout=self._timeout,
+                                           on_worker_online=functools.partial(self._worker_online, url))
                 session = BrokerSession(url=url, reader=depth_reader_for(url, timeout=self._timeout),
-                                        monitor=HeartbeatMonitor(url, timeout=self._timeout), arrivals=arrivals)
+                                        monitor=monitor, arrivals=arrivals)
                 session.start()
                 self._by_url[url] = session
             session.users.add(user)
             self._url_of_user[user] = url
             return session
+
+    def _worker_online(self, url: str, hostname: str) -> None:
+        """A worker came online: its TaskQueue's scaler ticks now, so the pod is Ready without waiting
+        a poll interval (every user of the broker is woken: the hostname does not name the TaskQueue)."""
+        with self._lock:
+            session = self._by_url.get(url)
+            users = list(session.users) if session is not None else []
+        for user in users:
+            self._on_arrival(user)
 
     def release(self, user: str) -> None:
         with self._lock:

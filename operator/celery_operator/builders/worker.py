@@ -4,8 +4,10 @@ The command is exec form (no shell), so Kubernetes' SIGTERM reaches Celery's mai
 makes it a warm shutdown: running tasks finish within terminationGracePeriodSeconds. A shell in
 between would forward the signal to the whole process group and kill the pool children mid-task.
 
-There is deliberately no liveness or readiness probe: `celery inspect ping` costs seconds of CPU
-per call and restarts workers that are merely busy; a worker that dies exits, and the pod restarts.
+There is deliberately no probe: `celery inspect ping` costs seconds of CPU per call and restarts
+workers that are merely busy. Instead the pod carries a readiness gate the operator sets from the
+worker's own heartbeats, and the operator restarts a worker that stopped consuming (workerhealth.py);
+a worker that dies exits, and the kubelet restarts it.
 
 Autoscaled queues leave `replicas` out: the scaler owns it through the scale subresource, and the
 reconciler's server-side apply then never fights it.
@@ -17,14 +19,15 @@ from .. import naming
 from ..models import ObjectIdentity, QueueSpec, TaskQueueSpec
 from .common import Manifest, celery_container, celery_pod_template, deployment
 
-WORKER_CONTAINER: str = "worker"
+WORKER_CONTAINER: str = naming.WORKER_CONTAINER
 
 
 def worker_command(app: str, queue: QueueSpec) -> list[str]:
     """`celery -A <app> worker -Q <queue> --hostname <queue>@%h ...`; %h is expanded by Celery.
 
     The hostname names the queue in every worker heartbeat, which is how in-flight work is
-    counted per queue.
+    counted per queue. Mingle and gossip are off unless asked for: mingle makes every start wait
+    for the other workers' replies (about a second), and nothing here needs gossip.
     """
     settings = queue.workers
     command = [
@@ -37,6 +40,10 @@ def worker_command(app: str, queue: QueueSpec) -> list[str]:
     ]
     if settings.max_tasks_per_child > 0:
         command += ["--max-tasks-per-child", str(settings.max_tasks_per_child)]
+    if not settings.mingle:
+        command.append("--without-mingle")
+    if not settings.gossip:
+        command.append("--without-gossip")
     command += list(settings.extra_args)
     return command
 
@@ -57,6 +64,9 @@ def build_worker_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, queue: Q
         containers=[container],
         termination_grace_period_seconds=queue.workers.termination_grace_period_seconds,
     )
+    # Ready = consuming: the kubelet counts the pod Ready only once the operator has seen its worker
+    # heartbeat (workerhealth.py), so rollouts and availability count workers that take tasks.
+    template["spec"]["readinessGates"] = [{"conditionType": naming.CONDITION_CONSUMING}]
     return deployment(
         owner,
         name=naming.worker_name(owner.name, queue.name),

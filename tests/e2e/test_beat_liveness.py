@@ -96,6 +96,8 @@ def test_a_frozen_beat_is_restarted_by_its_liveness_probe_and_no_run_is_doubled(
     (container,) = tqs.deployment("frozen-beat").spec.template.spec.containers
     probe = container.liveness_probe
     assert (probe.http_get.path, probe.http_get.port, probe.period_seconds) == ("/healthz", "health", 5)
+    assert (probe.timeout_seconds, probe.failure_threshold, probe.termination_grace_period_seconds) == (2, 3, 5), \
+        "the server keeps every field the builder set (else the reconciler would reapply it on every pass)"
     assert [(p.name, p.container_port) for p in container.ports] == [("health", 8081)]
     assert container.security_context.read_only_root_filesystem is True
 

@@ -6,7 +6,11 @@
   scaler) and on one without (the poll alone finds it);
 - from zero: first message -> first worker pod Ready, and -> first task done;
 - drain: 400 tasks of 200 ms on one queue (maxReplicas 10, concurrency 2) from 0 replicas,
-  against the same burst on 10 replicas started beforehand; the ratio of the two drain times.
+  against the same burst on 10 replicas started beforehand; the ratio of the two drain times,
+  with the operator's worker start (--without-mingle --without-gossip) and with Celery's default
+  (workers.mingle and workers.gossip true);
+- worker start: 10 workers from zero on a waiting backlog, each pod's creation -> its first task
+  done (p50/p95), with both starts.
 
     .venv/bin/python bench/bench_autoscaling.py [--trials 20] [--tasks 400] [--replicas 10] [--drain-only]
 """
@@ -39,7 +43,8 @@ from tests.helpers.taskqueues import TaskQueues, taskqueue  # noqa: E402
 from tests.helpers.waiting import wait_for  # noqa: E402
 
 NAMESPACE = f"bench-{uuid.uuid4().hex[:6]}"  # Service names resolve machine-wide: keep ours unique
-FAST_START = ["--without-mingle", "--without-gossip"]  # what a user who scales from zero would set
+OUR_START: dict[str, object] = {}  # the operator's default: --without-mingle --without-gossip
+CELERY_START: dict[str, object] = {"mingle": True, "gossip": True}  # Celery's own default start
 NOTIFYING = ["--notify-keyspace-events", "Kl"]  # what the managed Redis runs with
 
 
@@ -97,10 +102,60 @@ def drained(url: str, key: str, count: int, since: float) -> float:
     return time.time() - since
 
 
-def scaled_taskqueue(name: str, url: str, window: int, **queue: object) -> dict:
+def scaled_taskqueue(name: str, url: str, window: int, start: dict[str, object] = OUR_START, **queue: object) -> dict:
     return taskqueue(name, broker={"url": url}, resultBackend={"url": url},
-                     queues=[{"name": "jobs", "concurrency": 2, "extraArgs": FAST_START, **queue}],
+                     queues=[{"name": "jobs", "concurrency": 2, **start, **queue}],
                      autoscaling={"scaleDownStabilizationSeconds": window})
+
+
+class PodWatch:
+    """When this process first saw each pod of one TaskQueue (its creation, within a watch event)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, instance: str):
+        self.first_seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._core = kubernetes.client.CoreV1Api(api)
+        self._selector = f"app.kubernetes.io/instance={instance}"
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            stream = kubernetes.watch.Watch()
+            for event in stream.stream(self._core.list_namespaced_pod, NAMESPACE, label_selector=self._selector,
+                                       timeout_seconds=5):
+                self.first_seen.setdefault(event["object"].metadata.name, time.time())
+                if self._stop.is_set():
+                    stream.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def bench_worker_start(tqs: TaskQueues, url: str, start: dict[str, object], name: str,
+                       workers: int) -> list[float]:
+    """`workers` pods created at once on a waiting backlog: each pod's creation -> its first task done."""
+    key = f"{name}-runs"
+    send(url, workers * 40, key, 0.05)
+    watch = PodWatch(tqs.api_client, name)
+    first_done: dict[str, float] = {}
+    client = redis.Redis.from_url(url)
+    try:
+        tqs.apply(scaled_taskqueue(name, url, window=30, start=start, replicas=workers))
+
+        def every_worker_ran_a_task() -> bool:
+            for item in client.lrange(key, 0, -1):
+                pod = json.loads(item)["hostname"].split("@", 1)[1]
+                first_done.setdefault(pod, time.time())
+            return len(first_done) >= workers
+
+        wait_for(every_worker_ran_a_task, 300, f"each of {workers} workers to run a task", interval=0.02)
+    finally:
+        watch.stop()
+        tqs.cluster.kubectl("delete", "tq", name, "-n", NAMESPACE, "--wait=true")
+        wait_for(lambda: not tqs.core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"app.kubernetes.io/instance={name}").items, 180, f"the {name} workers to go")
+    return [first_done[pod] - watch.first_seen[pod] for pod in first_done if pod in watch.first_seen]
 
 
 def bench_reaction(tqs: TaskQueues, url: str, trials: int, name: str) -> list[float]:
@@ -136,24 +191,31 @@ def bench_from_zero(tqs: TaskQueues, url: str) -> tuple[float, float]:
     return ready, done
 
 
-def bench_drain(tqs: TaskQueues, url: str, tasks: int, replicas: int) -> tuple[float, float, dict[str, float]]:
-    """The same burst twice, on the same queue of the same Redis, one TaskQueue at a time; and the
-    CPU the machine spent during the cold drain (a worker's start is CPU-bound)."""
+def bench_warm_drain(tqs: TaskQueues, url: str, tasks: int, replicas: int) -> float:
+    """The burst on `replicas` workers that consume already (Ready = consuming: the readiness gate)."""
     tqs.apply(scaled_taskqueue("warm", url, window=30, replicas=replicas))
     wait_for(lambda: (d := tqs.deployment("warm-worker-jobs")) and d.status.ready_replicas == replicas, 180,
              f"{replicas} warm workers")
-    time.sleep(5)  # Ready means started: give the ten workers time to connect before the burst
     warm = drained(url, "drain-warm", tasks, send(url, tasks, "drain-warm", 0.2))
     tqs.cluster.kubectl("delete", "tq", "warm", "-n", NAMESPACE, "--wait=true")
     wait_for(lambda: not tqs.core.list_namespaced_pod(
         NAMESPACE, label_selector="app.kubernetes.io/instance=warm").items, 180, "the warm workers to go")
+    return warm
 
-    tqs.apply(scaled_taskqueue("cold", url, window=30, autoscaling={"maxReplicas": replicas}))
-    tqs.wait_condition("cold", "Autoscaling", "True", timeout=60)
+
+def bench_cold_drain(tqs: TaskQueues, url: str, tasks: int, replicas: int, start: dict[str, object],
+                     name: str) -> tuple[float, dict[str, float]]:
+    """The same burst on the same Redis from zero workers; and the CPU the machine spent meanwhile
+    (a worker's start is CPU-bound)."""
+    tqs.apply(scaled_taskqueue(name, url, window=30, start=start, autoscaling={"maxReplicas": replicas}))
+    tqs.wait_condition(name, "Autoscaling", "True", timeout=60)
     before = cpu_seconds_by_kind()
-    cold = drained(url, "drain-cold", tasks, send(url, tasks, "drain-cold", 0.2))
+    cold = drained(url, f"drain-{name}", tasks, send(url, tasks, f"drain-{name}", 0.2))
     after = cpu_seconds_by_kind()
-    return warm, cold, {kind: after[kind] - before.get(kind, 0.0) for kind in after}
+    tqs.cluster.kubectl("delete", "tq", name, "-n", NAMESPACE, "--wait=true")
+    wait_for(lambda: not tqs.core.list_namespaced_pod(
+        NAMESPACE, label_selector=f"app.kubernetes.io/instance={name}").items, 180, f"the {name} workers to go")
+    return cold, {kind: after[kind] - before.get(kind, 0.0) for kind in after}
 
 
 def cpu_seconds_by_kind() -> dict[str, float]:
@@ -193,7 +255,13 @@ def main() -> None:
             reaction = bench_reaction(tqs, redis_server.url, args.trials, "woken")
             polled = bench_reaction(tqs, silent_redis.url, args.trials, "polled")
             zero_ready, zero_done = bench_from_zero(tqs, redis_server.url)
-        warm, cold, cold_cpu = bench_drain(tqs, redis_server.url, args.tasks, args.replicas)
+        starts = {}
+        for label, start, name in (("ours", OUR_START, "startours"), ("Celery's default", CELERY_START, "startcelery")):
+            starts[label] = bench_worker_start(tqs, redis_server.url, start, name, args.replicas)
+        warm = bench_warm_drain(tqs, redis_server.url, args.tasks, args.replicas)
+        colds = {}
+        for label, start, name in (("ours", OUR_START, "coldours"), ("Celery's default", CELERY_START, "coldcelery")):
+            colds[label] = bench_cold_drain(tqs, redis_server.url, args.tasks, args.replicas, start, name)
     finally:
         if operator is not None:
             operator.stop()
@@ -210,13 +278,18 @@ def main() -> None:
             print(f"{'reaction max, ' + label:<58} {max(figures):>9.2f}s")
         print(f"{'from zero: first message -> first worker pod Ready':<58} {zero_ready:>9.2f}s")
         print(f"{'from zero: first message -> first task done':<58} {zero_done:>9.2f}s")
-    print(f"{f'drain {args.tasks} x 200 ms, {args.replicas} replicas started beforehand':<58} {warm:>9.2f}s")
-    print(f"{f'drain {args.tasks} x 200 ms, from 0 replicas (max {args.replicas})':<58} {cold:>9.2f}s")
-    print(f"{'drain ratio (from zero / warm)':<58} {cold / warm:>10.2f}")
+    for label, figures in starts.items():
+        print(f"{'worker start ' + label + ': pod created -> first task, p50':<58} {statistics.median(figures):>9.2f}s")
+        print(f"{'worker start ' + label + ': p95 (' + str(len(figures)) + ' pods)':<58} "
+              f"{percentile(figures, 0.95):>9.2f}s")
+    print(f"{f'drain {args.tasks} x 200 ms, {args.replicas} replicas consuming beforehand':<58} {warm:>9.2f}s")
     cores = psutil.cpu_count() or 1
-    for kind, seconds in cold_cpu.items():
-        print(f"{'from-zero drain: CPU used by ' + kind:<58} {seconds:>9.2f}s")
-    print(f"{'from-zero drain: CPU the machine had (' + str(cores) + ' cores x wall)':<58} {cores * cold:>9.2f}s")
+    for label, (cold, cold_cpu) in colds.items():
+        print(f"{f'drain from 0 replicas (max {args.replicas}), start ' + label:<58} {cold:>9.2f}s")
+        print(f"{'drain ratio (from zero / warm), start ' + label:<58} {cold / warm:>10.2f}")
+        for kind, seconds in cold_cpu.items():
+            print(f"{'  from-zero drain: CPU used by ' + kind:<58} {seconds:>9.2f}s")
+        print(f"{'  from-zero drain: CPU the machine had (' + str(cores) + ' cores x wall)':<58} {cores * cold:>9.2f}s")
     if not args.drain_only:
         print(json.dumps({"reaction woken": [round(r, 3) for r in reaction],
                           "reaction polled": [round(r, 3) for r in polled]}))

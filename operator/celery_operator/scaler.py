@@ -141,7 +141,9 @@ class QueueView:
 
     @property
     def pod_names(self) -> set[str]:
-        return {pod.name for pod in self.pods}
+        """The pods whose worker container runs: only they can hold a task (a crash-looping pod's
+        last heartbeat does not make it busy for ever)."""
+        return {pod.name for pod in self.pods if pod.running_since is not None}
 
 
 def observe_queue(tick: Tick, view: QueueView) -> scaling_policy.Observation | scaling_policy.Unknown:
@@ -170,7 +172,7 @@ def _busy_pods(tick: Tick, view: QueueView, heartbeats: Mapping[str, WorkerState
         known = set(tick.session.activity(view.queue.name, view.pod_names).busy_pods)
     except BrokerUnavailable:
         known = set()
-    asked = [pod for pod in view.pods if heartbeats is None or pod.name in heartbeats]
+    asked = [pod for pod in view.pods if pod.name in view.pod_names and (heartbeats is None or pod.name in heartbeats)]
     if not asked:
         return known
     names = {worker_hostname(view.queue.name, pod.name): pod.name for pod in asked}

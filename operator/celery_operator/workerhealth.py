@@ -165,7 +165,7 @@ def _stuck_evidence(facts: QueueFacts, pod: WorkerPod, heartbeat: WorkerState, b
     return None
 
 
-def _gate(pod: WorkerPod, hostname: str, heartbeat: WorkerState | None, stuck: bool,
+def _gate(pod: WorkerPod, hostname: str, heartbeat: WorkerState | None, stuck: Evidence | None,
           solo: bool) -> GateChange | None:
     """The gate's new status, or None to leave it as it is."""
     if pod.running_since is None:
@@ -174,11 +174,11 @@ def _gate(pod: WorkerPod, hostname: str, heartbeat: WorkerState | None, stuck: b
         if pod.consuming != "True":
             return None  # still starting: no condition means not ready
         wanted = ("False", "WorkerOffline", f"{hostname} is not heartbeating (it shut down or has not started)")
-    elif heartbeat.age > GATE_SILENCE_SECONDS:
+    elif heartbeat.age > GATE_SILENCE_SECONDS or stuck == HEARTBEATS_STOPPED:
         if solo:
             return None  # a solo worker is silent while it runs a task
         wanted = ("False", "HeartbeatsStopped", f"no heartbeat from {hostname} for {heartbeat.age:.0f}s")
-    elif stuck:
+    elif stuck == IDLE_WITH_BACKLOG:
         wanted = ("False", "NotConsuming", f"{hostname} has free slots and takes none of its queue's messages")
     elif heartbeat.silent:
         return None  # a late heartbeat or two: no verdict yet
@@ -220,7 +220,8 @@ def assess(facts: QueueFacts, memory: Mapping[str, PodMemory], now: float) -> Ve
         if finding is not None and not state.stuck:
             stuck.append(Stuck(pod.name, pod.uid, *finding))
         state = replace(state, stuck=finding is not None)
-        change = _gate(pod, facts.hostname_of[pod.name], heartbeat, finding is not None, facts.settings.pool == "solo")
+        change = _gate(pod, facts.hostname_of[pod.name], heartbeat, finding[0] if finding else None,
+                       facts.settings.pool == "solo")
         if change is not None:
             gates.append(change)
         consuming += (change.status if change is not None else pod.consuming) == "True"

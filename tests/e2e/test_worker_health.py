@@ -14,8 +14,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import containers
 from tests.helpers.brokers import RabbitBroker
-from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.processes import RedisServer
 from tests.helpers.taskqueues import TaskQueues, taskqueue
@@ -93,8 +93,7 @@ def test_a_rolled_out_worker_counts_available_only_once_it_consumes(tqs: TaskQue
 
 
 def test_a_frozen_worker_is_reported_and_replaced_and_its_queue_drains_with_nothing_lost(
-        tqs: TaskQueues, devcluster: DevCluster, rabbitmq: RabbitBroker, redis_server: RedisServer,
-        operator: OperatorProcess) -> None:
+        tqs: TaskQueues, rabbitmq: RabbitBroker, redis_server: RedisServer, operator: OperatorProcess) -> None:
     """RabbitMQ: what a frozen worker had reserved goes back to the queue once its connection closes.
     (On Redis, a message a frozen worker's pending BRPOP already took is in no broker structure.)"""
     tqs.core.create_namespaced_secret(tqs.namespace, {"metadata": {"name": "frozen-amqp"},
@@ -109,9 +108,7 @@ def test_a_frozen_worker_is_reported_and_replaced_and_its_queue_drains_with_noth
     victim = pods_of(tqs, "frozen")[0].metadata.name
     ids = send_records(rabbitmq.url, 60, "frozen-runs", seconds=0.3)
     wait_for(lambda: len(recorded_ids(redis_server.url, "frozen-runs")) >= 4, 60, "the first tasks to run")
-    frozen = devcluster.kubectl("exec", "-n", tqs.namespace, victim, "-c", "worker", "--", "sh", "-c",
-                                "kill -STOP 1", check=False)
-    assert frozen.returncode == 0, frozen.stderr
+    containers.freeze(victim, " worker -Q jobs ")
 
     stuck = wait_for(lambda: [e for e in tqs.events("frozen") if e.reason == "WorkerStuck"], 60,
                      "a WorkerStuck Event")

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -21,6 +20,7 @@ import redis
 from celery_operator import naming
 from celery_operator.beat.jobs import split_task_id
 from celery_operator.beat.schedule import format_slot, parse_slot
+from tests.helpers import containers
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess
 from tests.helpers.periodicjobs import PeriodicJobs, periodicjob, recorded
@@ -67,22 +67,6 @@ def beat_status(pod: Any) -> Any:
     return status
 
 
-def host_pid(container_id: str) -> int:
-    """The host's pid of a container's main process: the process in the container's cgroup that is
-    pid 1 of its own pid namespace. The nodes' containers are processes of this machine."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cgroup, status = (entry / "cgroup").read_text(), (entry / "status").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
-        if container_id in cgroup and nspid[-1:] == ["1"]:
-            return int(entry.name)
-    raise AssertionError(f"no process of container {container_id} on this machine")
-
-
 def test_a_frozen_beat_is_restarted_by_its_liveness_probe_and_no_run_is_doubled(
         tqs: TaskQueues, pjs: PeriodicJobs, redis_server: RedisServer) -> None:
     url, ns = redis_server.url, tqs.namespace
@@ -104,11 +88,9 @@ def test_a_frozen_beat_is_restarted_by_its_liveness_probe_and_no_run_is_doubled(
     pod = beat_pod(tqs, "frozen")
     before = beat_status(pod)
     assert before.ready and before.restart_count == 0
-    pid = host_pid(before.container_id.removeprefix("containerd://"))
-
     # Frozen from the host: inside the container the beat is pid 1 of its namespace, and the
     # kernel ignores a SIGSTOP sent to that from within (`kubectl exec ... kill -STOP 1` is a no-op).
-    os.kill(pid, signal.SIGSTOP)
+    pid = containers.freeze(before.container_id)
     frozen_at = time.time()
     last_before = fired(url, ns, "frozen", "tick")
     assert last_before is not None

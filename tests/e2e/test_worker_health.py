@@ -105,10 +105,11 @@ def test_a_frozen_worker_is_reported_and_replaced_and_its_queue_drains_with_noth
         queues=[{"name": "jobs", "replicas": 2, "terminationGracePeriodSeconds": 5}]))
     wait_for(lambda: len([p for p in pods_of(tqs, "frozen") if is_ready(p)]) == 2, READY_TIMEOUT,
              "two consuming workers")
-    victim = pods_of(tqs, "frozen")[0].metadata.name
+    victim_pod = pods_of(tqs, "frozen")[0]
+    victim = victim_pod.metadata.name
     ids = send_records(rabbitmq.url, 60, "frozen-runs", seconds=0.3)
     wait_for(lambda: len(recorded_ids(redis_server.url, "frozen-runs")) >= 4, 60, "the first tasks to run")
-    containers.freeze(victim, " worker -Q jobs ")
+    containers.freeze(victim_pod.status.container_statuses[0].container_id)
 
     stuck = wait_for(lambda: [e for e in tqs.events("frozen") if e.reason == "WorkerStuck"], 60,
                      "a WorkerStuck Event")

@@ -74,6 +74,12 @@ BAD_TASKQUEUES = {
     "poll interval over 300": (_spec(autoscaling={"pollIntervalSeconds": 301}), "spec.autoscaling.pollIntervalSeconds"),
     "stabilization over 3600": (_spec(autoscaling={"scaleDownStabilizationSeconds": 3601}),
                                 "spec.autoscaling.scaleDownStabilizationSeconds"),
+    "heartbeat timeout under 10 s": (_spec(workers={"health": {"heartbeatTimeoutSeconds": 5}}),
+                                     "spec.workers.health.heartbeatTimeoutSeconds"),
+    "queue idle-with-backlog under 10 s": (_spec(queues=[{"name": "a", "health": {"idleWithBacklogSeconds": 3}}]),
+                                           "spec.queues[0].health.idleWithBacklogSeconds"),
+    "unknown health action": (_spec(workers={"health": {"action": "Kill"}}), "spec.workers.health.action"),
+    "mingle not a boolean": (_spec(workers={"mingle": "yes"}), "spec.workers.mingle"),
 }
 
 BAD_PERIODICJOBS = {
@@ -116,7 +122,10 @@ def test_good_objects_and_examples_are_accepted_with_defaults(devcluster: DevClu
     assert _apply(devcluster, namespace, _taskqueue()).returncode == 0
     stored = json.loads(devcluster.kubectl("get", "tq", "shop", "-n", namespace, "-o", "json").stdout)["spec"]
     assert stored["workers"] == {"concurrency": 2, "pool": "prefork", "prefetchMultiplier": 1,
-                                 "maxTasksPerChild": 0, "terminationGracePeriodSeconds": 300}
+                                 "maxTasksPerChild": 0, "terminationGracePeriodSeconds": 300,
+                                 "mingle": False, "gossip": False,
+                                 "health": {"action": "Restart", "heartbeatTimeoutSeconds": 30,
+                                            "idleWithBacklogSeconds": 60}}
     assert stored["autoscaling"] == {"pollIntervalSeconds": 2, "scaleDownStabilizationSeconds": 60}
     assert stored["queues"][0]["autoscaling"]["minReplicas"] == 0
     assert "concurrency" not in stored["queues"][0], "a queue inherits spec.workers unless it overrides"

@@ -75,7 +75,7 @@ STEPS: list[tuple[str, Callable[[dict[str, Any]], None], set[str], Callable[[str
      lambda _, c: not {"serviceAccountName", "serviceAccount"} & set(_pod(c))),
     ("workers.resources", _drop("workers.resources"), {WORKER_A}, lambda _, c: not _container(c).get("resources")),
     ("workers.extraArgs", _drop("workers.extraArgs"), {WORKER_A},
-     lambda _, c: "--without-gossip" not in _container(c)["command"]),
+     lambda _, c: "--max-memory-per-child" not in _container(c)["command"]),
     ("a whole queue's overrides", _drop_queue_overrides, {WORKER_B},
      lambda _, c: not _container(c).get("resources") and "fair" not in _container(c)["command"]
      and _container(c)["command"][_container(c)["command"].index("--concurrency") + 1] == "2"),

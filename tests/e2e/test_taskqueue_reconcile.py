@@ -36,7 +36,7 @@ def _serialized(api_object: Any) -> str:
 def test_managed_broker_children_names_labels_owners_and_security(tqs: TaskQueues, operator: OperatorProcess) -> None:
     body = taskqueue("shop", queues=[{"name": "high_priority", "autoscaling": {"maxReplicas": 3}},
                                      {"name": "Low.Prio:x", "replicas": 0, "concurrency": 8}],
-                     workers={"extraArgs": ["--without-gossip"]})
+                     workers={"extraArgs": ["--max-memory-per-child", "200000"]})
     tqs.apply(body)
     owner_uid = wait_for(lambda: tqs.get("shop")["metadata"]["uid"], 10, "the TaskQueue")
     wait_for(lambda: tqs.deployment("shop-worker-low-prio-x"), 30, "the second queue's Deployment")
@@ -77,7 +77,9 @@ def test_managed_broker_children_names_labels_owners_and_security(tqs: TaskQueue
 
     assert low.spec.template.spec.containers[0].command == [
         "celery", "-A", "myproject", "worker", "-Q", "Low.Prio:x", "--hostname", "Low.Prio:x@%h",
-        "--concurrency", "8", "--pool", "prefork", "--prefetch-multiplier", "1", "--without-gossip"]
+        "--concurrency", "8", "--pool", "prefork", "--prefetch-multiplier", "1", "--without-mingle", "--without-gossip",
+        "--max-memory-per-child", "200000"]
+    assert [gate.condition_type for gate in low.spec.template.spec.readiness_gates] == ["celery-operator.dev/consuming"]
     assert low.spec.replicas == 0
     assert high.spec.replicas == 0, "an autoscaled queue starts at minReplicas (default 0)"
 

@@ -19,7 +19,7 @@ _REMOVABLE: dict[str, Any] = {
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["nowhere"]}]}]}}},
     },
     "broker": {"managed": {"resources": {"requests": {"memory": "64Mi"}}}},
-    "workers": {"resources": {"requests": {"cpu": "100m"}}, "extraArgs": ["--without-gossip"]},
+    "workers": {"resources": {"requests": {"cpu": "100m"}}, "extraArgs": ["--max-memory-per-child", "200000"]},
     "beat": {"scheduler": "myproject.schedulers:Nothing", "resources": {"requests": {"cpu": "10m"}}},
     "flower": {"enabled": True, "resources": {"requests": {"cpu": "20m"}}},
 }

@@ -167,6 +167,9 @@ def bench_reaction(tqs: TaskQueues, url: str, trials: int, name: str) -> list[fl
     try:
         for trial in range(trials):
             wait_for(lambda: tqs.deployment(f"{name}-worker-jobs").spec.replicas == 0, 120, "zero replicas")
+            # and no worker left at all: one still in its warm shutdown is no queue "at zero"
+            wait_for(lambda: not tqs.core.list_namespaced_pod(
+                NAMESPACE, label_selector=f"app.kubernetes.io/instance={name}").items, 120, "the workers to go")
             time.sleep((trial % 7) * 0.29)  # land bursts at every phase of the 2 s poll
             landed = send(url, 10, f"{name}-{trial}", 0)
             results.append(watch.first_after(landed, lambda replicas, ready: replicas > 0))

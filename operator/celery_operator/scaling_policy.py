@@ -18,7 +18,11 @@ The rules, in the order they apply:
    observed the queue for a whole window (operator start, broker back after an outage) the
    current replica count counts as one of those samples: it cannot know what was desired before.
 4. Never below the workers that have tasks in flight (`Observation.busy_workers`), as far as they
-   are among the current replicas: a busy-worker count never scales up by itself.
+   are among the current replicas: a busy-worker count never scales up by itself. And not down at
+   all while messages wait (pending > 0): a worker seen idle then takes the next message within
+   milliseconds, so the pod the ReplicaSet removes would be busy by the time its SIGTERM lands
+   (and a warm shutdown that hands back reserved messages while its last tasks are acknowledged is
+   how a task runs twice). The backlog drains first; the window then applies as usual.
 5. To zero only when minReplicas is 0 and pending + inFlight was 0 at every observation over a
    whole window (and the window has been observed in full); otherwise at least 1. From zero on
    the first tick that sees a message (rule 2).
@@ -227,7 +231,10 @@ def decide(
         notes.append(f"holding {replicas} (highest desired in the last {_seconds(window)})")
 
     busy_floor = min(observation.busy_workers, current_replicas)
-    if busy_floor > replicas:
+    if observation.pending > 0 and replicas < current_replicas:
+        replicas = current_replicas
+        notes.append(f"holding {current_replicas} while {observation.pending} messages wait")
+    elif busy_floor > replicas:
         replicas = busy_floor
         notes.append(f"keeping {busy_floor} busy workers")
 

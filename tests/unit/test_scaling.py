@@ -108,7 +108,8 @@ def test_from_zero_counts_in_flight_too() -> None:
 
 def test_no_scale_down_within_the_window_after_a_higher_desire() -> None:
     # 10 wanted at t=0, then only 2: held at 10 through t=60 (inclusive), down to 1 after.
-    ticks = [(0.0, observed(20)), (30.0, observed(2)), (60.0, observed(2)), (60.5, observed(2))]
+    ticks = [(0.0, observed(20)), (30.0, observed(in_flight=2)), (60.0, observed(in_flight=2)),
+             (60.5, observed(in_flight=2))]
     decisions = run(ticks, current=10, history=warmed(10, at=0.0))
     assert [d.desired for d in decisions] == [10, 1, 1, 1]
     assert [d.replicas for d in decisions] == [10, 10, 10, 1]
@@ -116,7 +117,8 @@ def test_no_scale_down_within_the_window_after_a_higher_desire() -> None:
 
 
 def test_scale_down_goes_to_the_highest_desire_left_in_the_window() -> None:
-    ticks = [(0.0, observed(20)), (40.0, observed(12)), (61.0, observed(2)), (101.0, observed(2))]
+    ticks = [(0.0, observed(20)), (40.0, observed(in_flight=12)), (61.0, observed(in_flight=2)),
+             (101.0, observed(in_flight=2))]
     decisions = run(ticks, current=10, history=warmed(10, at=0.0))
     assert [d.replicas for d in decisions] == [10, 10, 6, 1]
 
@@ -131,13 +133,15 @@ def test_stabilization_never_scales_up() -> None:
 
 def test_window_zero_scales_down_at_once() -> None:
     policy = dataclasses.replace(POLICY, scale_down_stabilization_seconds=0)
-    decisions = run([(0.0, observed(20)), (2.0, observed(2)), (4.0, observed(0))], policy=policy, current=1)
+    decisions = run([(0.0, observed(20)), (2.0, observed(in_flight=2)), (4.0, observed(0))], policy=policy,
+                    current=1)
     assert [d.replicas for d in decisions] == [10, 1, 0]
 
 
 def test_no_scale_down_before_a_whole_window_has_been_observed() -> None:
     # Operator (re)start: it does not know what was desired before, so current stands for a window.
-    decisions = run([(0.0, observed(2)), (59.0, observed(2)), (60.0, observed(2))], current=8)
+    decisions = run([(0.0, observed(in_flight=2)), (59.0, observed(in_flight=2)), (60.0, observed(in_flight=2))],
+                    current=8)
     assert [d.replicas for d in decisions] == [8, 8, 1]
     assert decisions[0].reason.endswith("holding 8 until 60s have been observed")
 
@@ -169,6 +173,17 @@ def test_never_below_busy_workers() -> None:
     assert decision.desired == 2
     assert decision.replicas == 3
     assert decision.reason.endswith("keeping 3 busy workers")
+
+
+def test_no_scale_down_while_messages_wait() -> None:
+    # A worker seen idle with messages waiting is busy a few milliseconds later: the backlog drains
+    # first, at the replicas there are (and it never scales up by itself).
+    policy = dataclasses.replace(POLICY, scale_down_stabilization_seconds=0)
+    decision = decide(observed(pending=4, in_flight=2), policy, warmed(8), current_replicas=8, now=1000.0)
+    assert (decision.desired, decision.replicas) == (3, 8)
+    assert decision.reason.endswith("holding 8 while 4 messages wait")
+    assert decide(observed(pending=4), policy, warmed(1), current_replicas=1, now=1000.0).replicas == 2
+    assert decide(observed(in_flight=2), policy, warmed(8), current_replicas=8, now=1000.0).replicas == 1
 
 
 def test_busy_workers_never_scale_up_by_themselves() -> None:

@@ -164,9 +164,10 @@ def observe_queue(tick: Tick, view: QueueView) -> scaling_policy.Observation | s
 def _busy_pods(tick: Tick, view: QueueView, heartbeats: Mapping[str, WorkerState] | None) -> set[str]:
     """The queue's pods running a task, asked of the workers right now (a silent one counts as busy).
 
-    Only workers that have heartbeated are asked: one that never came online holds no task, and a
-    pod whose worker cannot start (crash loop, broker unreachable from it) must not count as busy
-    for ever. Without heartbeats to go by, every pod is asked, and one that does not answer is busy.
+    Only running workers that have heartbeated are asked: one that never came online holds no task,
+    and a pod whose worker cannot start (crash loop, broker unreachable from it) must not count as
+    busy for ever. Without heartbeats to go by, every running pod is asked, and one that does not
+    answer is busy.
     """
     try:
         known = set(tick.session.activity(view.queue.name, view.pod_names).busy_pods)

@@ -9,10 +9,11 @@
   against the same burst on 10 replicas started beforehand; the ratio of the two drain times,
   with the operator's worker start (--without-mingle --without-gossip) and with Celery's default
   (workers.mingle and workers.gossip true);
-- worker start: 10 workers from zero on a waiting backlog, each pod's creation -> its first task
-  done (p50/p95), with both starts.
+- worker start: N workers (10) created at once on a waiting backlog, each pod's creation -> its
+  first task done (p50/p95), with both starts, the two alternating over --start-trials runs.
 
     .venv/bin/python bench/bench_autoscaling.py [--trials 20] [--tasks 400] [--replicas 10] [--drain-only]
+    .venv/bin/python bench/bench_autoscaling.py --start-only --start-workers 1 --start-trials 6
 """
 
 from __future__ import annotations
@@ -239,6 +240,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=400)
     parser.add_argument("--replicas", type=int, default=10, help="workers of the drain (maxReplicas from zero)")
     parser.add_argument("--drain-only", action="store_true", help="skip the reaction and from-zero figures")
+    parser.add_argument("--start-only", action="store_true", help="only the worker-start figures")
+    parser.add_argument("--start-workers", type=int, default=10, help="pods started at once per worker-start run")
+    parser.add_argument("--start-trials", type=int, default=1, help="worker-start runs per start")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-autoscaling-"))
@@ -254,17 +258,22 @@ def main() -> None:
         operator = start_operator(devcluster, workdir / "operator.log", extra_env={
             "CELERY_OPERATOR_RESYNC_SECONDS": "10"})
         tqs = TaskQueues(devcluster, NAMESPACE)
-        if not args.drain_only:
+        if not args.drain_only and not args.start_only:
             reaction = bench_reaction(tqs, redis_server.url, args.trials, "woken")
             polled = bench_reaction(tqs, silent_redis.url, args.trials, "polled")
             zero_ready, zero_done = bench_from_zero(tqs, redis_server.url)
-        starts = {}
-        for label, start, name in (("ours", OUR_START, "startours"), ("Celery's default", CELERY_START, "startcelery")):
-            starts[label] = bench_worker_start(tqs, redis_server.url, start, name, args.replicas)
-        warm = bench_warm_drain(tqs, redis_server.url, args.tasks, args.replicas)
+        starts: dict[str, list[float]] = {"ours": [], "Celery's default": []}
+        for trial in range(args.start_trials):  # the two starts alternate, so load drifts hit both alike
+            for label, start, name in (("ours", OUR_START, "startours"),
+                                       ("Celery's default", CELERY_START, "startcelery")):
+                starts[label] += bench_worker_start(tqs, redis_server.url, start, f"{name}{trial}",
+                                                    args.start_workers)
         colds = {}
-        for label, start, name in (("ours", OUR_START, "coldours"), ("Celery's default", CELERY_START, "coldcelery")):
-            colds[label] = bench_cold_drain(tqs, redis_server.url, args.tasks, args.replicas, start, name)
+        if not args.start_only:
+            warm = bench_warm_drain(tqs, redis_server.url, args.tasks, args.replicas)
+            for label, start, name in (("ours", OUR_START, "coldours"),
+                                       ("Celery's default", CELERY_START, "coldcelery")):
+                colds[label] = bench_cold_drain(tqs, redis_server.url, args.tasks, args.replicas, start, name)
     finally:
         if operator is not None:
             operator.stop()
@@ -273,7 +282,7 @@ def main() -> None:
         cluster.down(workdir / "cluster")
 
     print(f"{'figure':<58} {'value':>10}")
-    if not args.drain_only:
+    if not args.drain_only and not args.start_only:
         for label, figures in (("woken by the first message", reaction), ("poll only, no notifications", polled)):
             print(f"{'reaction p50, ' + label:<58} {statistics.median(figures):>9.2f}s")
             print(f"{'reaction p95 (' + str(len(figures)) + ' trials), ' + label:<58} "
@@ -285,7 +294,8 @@ def main() -> None:
         print(f"{'worker start ' + label + ': pod created -> first task, p50':<58} {statistics.median(figures):>9.2f}s")
         print(f"{'worker start ' + label + ': p95 (' + str(len(figures)) + ' pods)':<58} "
               f"{percentile(figures, 0.95):>9.2f}s")
-    print(f"{f'drain {args.tasks} x 200 ms, {args.replicas} replicas consuming beforehand':<58} {warm:>9.2f}s")
+    if colds:
+        print(f"{f'drain {args.tasks} x 200 ms, {args.replicas} replicas consuming beforehand':<58} {warm:>9.2f}s")
     cores = psutil.cpu_count() or 1
     for label, (cold, cold_cpu) in colds.items():
         print(f"{f'drain from 0 replicas (max {args.replicas}), start ' + label:<58} {cold:>9.2f}s")
@@ -293,7 +303,7 @@ def main() -> None:
         for kind, seconds in cold_cpu.items():
             print(f"{'  from-zero drain: CPU used by ' + kind:<58} {seconds:>9.2f}s")
         print(f"{'  from-zero drain: CPU the machine had (' + str(cores) + ' cores x wall)':<58} {cores * cold:>9.2f}s")
-    if not args.drain_only:
+    if not args.drain_only and not args.start_only:
         print(json.dumps({"reaction woken": [round(r, 3) for r in reaction],
                           "reaction polled": [round(r, 3) for r in polled]}))
 

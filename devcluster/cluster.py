@@ -610,6 +610,9 @@ def _down(directory: Path) -> list[str]:
     nodes.kill_everything(identifier, cluster.dir)
     network.teardown(identifier)
     shutil.rmtree(nodes.RUN_ROOT / identifier, ignore_errors=True)
+    # the nodes' containerd content (every image imported, ~1.5 GB a node) and their volumes: left
+    # behind, a few test sessions fill the disk and the next cluster's kubelet collects its images
+    shutil.rmtree(cluster.dir / "nodes", ignore_errors=True)
     for component in STOP_ORDER:
         _stop(cluster, component, grace=5)
     return stopped

@@ -164,7 +164,9 @@ def kubelet_config(node: Node, ca_file: Path) -> dict:
         # images are loaded, never pulled: never collect them
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        # absolute, not a share of a large shared disk: under disk pressure the kubelet deletes unused
+        # images, and containerd 1.6 does not pin the pause image, so no pod could start after
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "256Mi", "imagefs.available": "256Mi"},
         # a lost node is noticed within seconds (the controller manager's grace period is 16 s)
         "nodeLeaseDurationSeconds": 16,
         "nodeStatusUpdateFrequency": "4s",

@@ -146,3 +146,4 @@ def test_two_clusters_side_by_side_resolve_the_same_name_to_their_own_service(
     assert f"devcluster:{identifier}" not in rules
     mounts = Path("/proc/1/mounts").read_text()
     assert str(other_dir.resolve()) not in mounts and str(nodes.RUN_ROOT / identifier) not in mounts
+    assert not (other_dir / "nodes").exists(), "down removes the nodes' images and volumes"

@@ -202,10 +202,9 @@ def assess(facts: QueueFacts, memory: Mapping[str, PodMemory], now: float) -> Ve
         restart = _restart(pod, previous)
         if restart is not None:
             restarts.append(restart)
-        state = previous or PodMemory(restarts=pod.restarts)
-        state = replace(state, restarts=pod.restarts)
-        if restart is not None:  # a new run: what the old one did no longer counts
-            state = PodMemory(restarts=pod.restarts)
+        # a new pod, or a new run of its container: what the old run did no longer counts
+        fresh = previous is None or restart is not None
+        state = PodMemory(restarts=pod.restarts) if fresh else replace(previous, restarts=pod.restarts)
         if facts.heartbeats is None:  # nothing to go by: keep the gate, forget no evidence
             remembered[pod.name] = state
             consuming += pod.consuming == "True"

@@ -169,6 +169,8 @@ def _gate(pod: WorkerPod, hostname: str, heartbeat: WorkerState | None, stuck: E
           solo: bool) -> GateChange | None:
     """The gate's new status, or None to leave it as it is."""
     if pod.running_since is None:
+        if pod.consuming != "True":
+            return None  # not started yet, or already marked: nothing to write
         wanted = ("False", "ContainerNotRunning", f"the worker container of {pod.name} is not running")
     elif heartbeat is None:
         if pod.consuming != "True":

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,15 +244,20 @@ def _build_missing(root: Path, target: Path, only: tuple[str, ...]) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_and_report(label: str, produce: Callable[[], Path]) -> int:
+    """A build command's exit: print what `produce` made (its time too when it built), or why not."""
     started = time.monotonic()
     try:
-        directory = build()
+        made = produce()
     except BuildError as failure:
         print(str(failure), file=sys.stderr)
         return 1
     elapsed = time.monotonic() - started
     if elapsed > 5:
-        print(f"devcluster build: finished in {elapsed:.0f}s", file=sys.stderr)
-    print(directory)
+        print(f"devcluster {label}: finished in {elapsed:.0f}s", file=sys.stderr)
+    print(made)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_and_report("build", build)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from devcluster import build
@@ -69,14 +67,4 @@ def _build(root: Path, target: Path) -> None:
 
 
 def main() -> int:
-    started = time.monotonic()
-    try:
-        path = ensure()
-    except build.BuildError as failure:
-        print(str(failure), file=sys.stderr)
-        return 1
-    elapsed = time.monotonic() - started
-    if elapsed > 5:
-        print(f"devcluster promtool: built in {elapsed:.0f}s", file=sys.stderr)
-    print(path)
-    return 0
+    return build.run_and_report("promtool", ensure)

@@ -8,13 +8,14 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane promtool images up down status clean
+.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane promtool kube-router kube-score checkov scan images up down status clean
 
 help:
 	@echo "make demo   - run the main job on this machine (devcluster + operator + sample app)"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make test-unit | test-integration | test-controllers | test-cluster | test-e2e - one tier"
 	@echo "make up | down | status - the local devcluster in .devcluster/default"
+	@echo "make scan   - checkov and kube-score over the chart and the operator's children (docs/security.md)"
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -26,11 +27,12 @@ venv: $(STAMP)
 
 # Debian packages the tests run for real (we run as root); tests start their own servers on
 # free ports (apt's attempt to start the system services is refused here, which is harmless).
-# The devcluster's nodes: containerd, runc, CNI plugins, iptables, iproute2 (netns, bridges);
+# The devcluster's nodes: containerd, runc, CNI plugins, iptables, iproute2 (netns, bridges), ipset
+# (kube-router's NetworkPolicy firewall);
 # its images: debootstrap (the Debian base), docker.io (a private dockerd builds them), gcc and
 # libc6-dev (the static pause binary).
 DEBIAN_PACKAGES := redis-server rabbitmq-server containerd runc containernetworking-plugins iptables \
-	iproute2 kmod util-linux debootstrap docker.io gcc libc6-dev ca-certificates python3 python3-venv
+	ipset iproute2 kmod util-linux debootstrap docker.io gcc libc6-dev ca-certificates python3 python3-venv
 system-packages:
 	@missing=$$(for package in $(DEBIAN_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$package 2>/dev/null | grep -q '^install ok installed' || echo $$package; \
@@ -46,12 +48,39 @@ controlplane: venv
 promtool: venv
 	$(VPY) -m devcluster promtool
 
+# kube-router's firewall, the nodes' NetworkPolicy engine, from its Go module (devcluster/kuberouter.py):
+# built once into ~/.cache/celery-operator/kube-router-<version>, then found.
+kube-router: venv
+	$(VPY) -m devcluster kube-router
+
+# kube-score from its Go module, for the security scan (devcluster/kubescore.py): built once into
+# ~/.cache/celery-operator/kube-score-<version>, then found.
+kube-score: venv
+	$(VPY) -m devcluster kube-score
+
+# checkov in a venv of its own: it pins old versions of libraries the test venv needs newer
+# (packaging), so it stays out of the dev extra.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+# checkov and kube-score over the rendered chart and the example's children (tests/helpers/scan.py):
+# prints every finding, and fails on one docs/security.md does not accept.
+scan: venv controlplane kube-score checkov
+	$(VPY) -m tests.helpers.scan
+
 # Every image the devcluster runs, built here and cached in ~/.cache/celery-operator/images
 # (devcluster/images.py: about 10 minutes cold on 2 cores, then found at once).
 images: venv system-packages
 	$(VPY) -m devcluster images
 
-test: venv system-packages controlplane promtool images
+test: venv system-packages controlplane promtool kube-router kube-score checkov images
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -64,15 +93,15 @@ test-integration: venv system-packages
 test-controllers: venv
 	$(VPY) -m pytest -m controllers $(PYTEST_ARGS)
 
-test-cluster: venv system-packages controlplane promtool images
+test-cluster: venv system-packages controlplane promtool kube-router kube-score checkov images
 	$(VPY) -m pytest -m cluster $(PYTEST_ARGS)
 
-test-e2e: venv system-packages controlplane images
+test-e2e: venv system-packages controlplane kube-router images
 	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
 
 # A devcluster in .devcluster/demo, the chart installed, app/examples applied, a burst watched
 # as the workers scale from zero and back; the cluster keeps running until `make demo-down`.
-demo: venv system-packages controlplane images
+demo: venv system-packages controlplane kube-router images
 	$(VPY) -m devcluster.demo
 
 demo-down: venv
@@ -82,7 +111,7 @@ demo-down: venv
 chart-crds:
 	rm -f charts/celery-operator/files/crds/*.yaml && cp crds/*.yaml charts/celery-operator/files/crds/
 
-up: controlplane images
+up: controlplane kube-router images
 	$(VPY) -m devcluster up
 
 down: venv
@@ -92,4 +121,4 @@ status: venv
 	$(VPY) -m devcluster status
 
 clean: down
-	rm -rf $(VENV) .devcluster .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .devcluster .pytest_cache

@@ -1,4 +1,4 @@
-"""python -m devcluster build | promtool | images | up | down | status"""
+"""python -m devcluster build | promtool | kube-router | kube-score | keda | images | up | down | status"""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build or find the cached control-plane binaries; prints the bin directory")
     commands.add_parser("promtool", help="build or find the cached promtool; prints its path")
+    commands.add_parser("kube-router", help="build or find the cached kube-router (the nodes' NetworkPolicy engine); "
+                                            "prints its path")
+    commands.add_parser("kube-score", help="build or find the cached kube-score; prints its path")
+    commands.add_parser("keda", help="build or find the cached KEDA operator and metrics server; prints their directory")
     commands.add_parser("images", help="build or find the cached images: [KEY ...]; prints each one's size and build time",
                         add_help=False)
     for name, text in (("up", "start the cluster (idempotent)"), ("down", "stop everything the cluster started"),
@@ -52,6 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         from devcluster import promtool
 
         return promtool.main()
+    if args.command == "kube-router":
+        from devcluster import kuberouter
+
+        return kuberouter.main()
+    if args.command == "kube-score":
+        from devcluster import kubescore
+
+        return kubescore.main()
+    if args.command == "keda":
+        from devcluster import keda
+
+        return keda.main()
     if args.command == "up":
         return _up(args)
     if args.command == "down":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from devcluster import addons, build, images, network, nodes, pki
+from devcluster import addons, build, images, kuberouter, network, nodes, pki
 from devcluster.network import ClusterNetwork
 from devcluster.ports import free_port
 
@@ -476,6 +476,8 @@ def _up(directory: Path, node_count: int, timeout: float) -> Cluster:
     if is_healthy(cluster) and current.nodes == node_count:
         return cluster
     bin_dir = build.build()
+    if node_count:
+        kuberouter.ensure()
     built = images.build_images() if node_count else {}
     _down(cluster.dir)
     cluster.dir.mkdir(parents=True, exist_ok=True)
@@ -515,6 +517,7 @@ def _prepare(cluster: Cluster, node_count: int) -> ClusterState:
 def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, built: dict[str, images.Image],
                  timeout: float) -> None:
     handles = _node_handles(cluster, state)
+    pki.ensure_client(cluster.pki_dir, KUBE_ROUTER_IDENTITY)
     for node in handles:
         network.setup_node(state.network, node.index, state.nodes)
         nodes.prepare(node, cluster.pki_dir / "ca.crt", built["pause"].reference)
@@ -522,6 +525,9 @@ def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, built: di
         pki.ensure_client(cluster.pki_dir, identity)
         _write_kubeconfig(cluster, state, node.kubelet_kubeconfig, identity.file_stem, identity.common_name)
         _write_kubeconfig(cluster, state, node.proxy_kubeconfig, "kube-proxy", "system:kube-proxy")
+        _write_kubeconfig(cluster, state, node.router_kubeconfig, KUBE_ROUTER_IDENTITY.file_stem, kuberouter.USER)
+    _kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", "-",
+             input=addons.as_yaml(kuberouter.rbac_manifests()))
     network.route_services(state.network)
     _wait_until("the kubernetes Service's endpoints", lambda: _kubernetes_service_points_here(cluster, state),
                 timeout, cluster, "kube-apiserver")
@@ -539,8 +545,21 @@ def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, built: di
         for node in handles:
             _wait_until(f"node {node.name} to be Ready", lambda: _named_node_ready(cluster, state, node.name),
                         timeout, cluster, node.component("kubelet"))
+            # it reads its Node at start, so it starts once the kubelet has registered it
+            _launch(cluster, node.component("kube-router"), nodes.command_lines(node, bin_dir)["kube-router"])
+        for node in handles:
+            _wait_until(f"kube-router of {node.name}", lambda: _http_ok(kube_router_health_url(node)),
+                        timeout, cluster, node.component("kube-router"))
         for loading in imports:
             loading.result()
+
+
+KUBE_ROUTER_IDENTITY = pki.ClientIdentity("kube-router", kuberouter.USER)
+
+
+def kube_router_health_url(node: nodes.Node) -> str:
+    """Healthy once its informers synced and its policy controller reports in."""
+    return f"http://{node.ip}:{kuberouter.HEALTH_PORT}/healthz"
 
 
 def _start_addons(cluster: Cluster, state: ClusterState, built: dict[str, images.Image], timeout: float) -> None:
@@ -637,7 +656,7 @@ def stop_node(directory: Path, index: int) -> None:
 
 
 def _node_stop_rank(component: str) -> tuple[int, str]:
-    order = {"kube-proxy": 0, "kubelet": 1, "containerd": 2}
+    order = {"kube-router": 0, "kube-proxy": 0, "kubelet": 1, "containerd": 2}
     return order.get(component.split("-", 1)[1], 3), component
 
 

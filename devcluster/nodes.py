@@ -1,4 +1,5 @@
-"""Real nodes: per node a containerd, a kubelet and a kube-proxy, each started inside the node's
+"""Real nodes: per node a containerd, a kubelet, a kube-proxy and kube-router's NetworkPolicy
+firewall (devcluster/kuberouter.py), each started inside the node's
 own network namespace (devcluster/network.py), with the node's files in `<cluster>/nodes/<i>/`
 and its sockets and runtime state in `/run/dc/<cluster id>/n<i>/` (short paths: unix sockets
 are limited to 108 bytes).
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import yaml
 
+from devcluster import kuberouter
 from devcluster.network import ClusterNetwork, netns_pids
 
 RUN_ROOT = Path("/run/dc")
 CNI_BIN_DIR = "/usr/lib/cni"
-NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy")
+NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy", "kube-router")
 
 
 def node_name(index: int) -> str:
@@ -64,6 +66,10 @@ class Node:
     @property
     def proxy_kubeconfig(self) -> Path:
         return self.dir / "kube-proxy.kubeconfig"
+
+    @property
+    def router_kubeconfig(self) -> Path:
+        return self.dir / "kube-router.kubeconfig"
 
     @property
     def ip(self) -> str:
@@ -224,6 +230,8 @@ def command_lines(node: Node, bin_dir: Path) -> dict[str, list[str]]:
         ]),
         "kube-proxy": _in_node(node, [str(bin_dir / "kube-proxy"), f"--config={node.dir / 'kube-proxy.yaml'}",
                                       "--v=1"]),
+        "kube-router": _in_node(node, [str(kuberouter.binary()), *kuberouter.arguments(
+            kubeconfig=node.router_kubeconfig, node_name=node.name, service_cidr=node.network.service_cidr)]),
     }
 
 

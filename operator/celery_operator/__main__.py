@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,19 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     from celery_operator.rediscovery import new_insights
 
     # `kopf run` sets up logging itself; run programmatically, kopf leaves that to us
-    level = install_default().log_level.upper()
+    settings = install_default()
+    level = settings.log_level.upper()
     kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
 
-    insights = new_insights()  # shared with the rescans of CRDs installed after the start
-    kopf.run(
-        insights=insights,
-        memo=kopf.Memo(kopf_insights=insights),
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness,
-    )
-    return 0
+    def run(write_guard: Callable[[], None] | None = None) -> None:
+        insights = new_insights()  # shared with the rescans of CRDs installed after the start
+        kopf.run(
+            insights=insights,
+            memo=kopf.Memo(kopf_insights=insights, write_guard=write_guard),
+            standalone=True,  # kopf's peering pauses operators, it elects none: election.py does
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness,
+        )
+
+    if not settings.leader_election_lease:
+        run()
+        return 0
+    from celery_operator.election import run_elected
+    return run_elected(settings, args.liveness, run)
 
 
 if __name__ == "__main__":

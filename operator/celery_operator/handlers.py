@@ -46,6 +46,10 @@ def owned_volume_claims(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] 
     return _by_owner(body)
 
 
+def owned_network_policies(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+    return _by_owner(body)
+
+
 def worker_pods(body: kopf.Body, namespace: str, labels: kopf.Labels,
                 **_: Any) -> dict[tuple[str, str, str], workerhealth.WorkerPod] | None:
     if body.metadata.get("deletionTimestamp"):
@@ -78,8 +82,10 @@ def _children(uid: str, *indexes: kopf.Index) -> list[dict[str, Any]]:
 
 def reconcile_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, memo: kopf.Memo,
                         owned_deployments: kopf.Index, owned_services: kopf.Index, owned_secrets: kopf.Index,
-                        owned_volume_claims: kopf.Index, periodicjobs_by_taskqueue: kopf.Index, **_: Any) -> None:
-    children = _children(uid, owned_deployments, owned_services, owned_secrets, owned_volume_claims)
+                        owned_volume_claims: kopf.Index, owned_network_policies: kopf.Index,
+                        periodicjobs_by_taskqueue: kopf.Index, **_: Any) -> None:
+    children = _children(uid, owned_deployments, owned_services, owned_secrets, owned_volume_claims,
+                         owned_network_policies)
     referring = list(periodicjobs_by_taskqueue.get((namespace, name), []))
     reconcile.reconcile_taskqueue(memo.runtime, body, children, referring)
 
@@ -149,6 +155,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         (owned_services, ("v1", "services"), OURS),
         (owned_secrets, ("v1", "secrets"), OURS),
         (owned_volume_claims, ("v1", "persistentvolumeclaims"), OURS),
+        (owned_network_policies, ("networking.k8s.io", "v1", "networkpolicies"), OURS),
         (worker_pods, ("v1", "pods"), {**OURS, naming.LABEL_COMPONENT: naming.WORKER}),
         (periodicjobs_by_taskqueue, PERIODICJOBS, None),
         (taskqueues_by_name, TASKQUEUES, None),

@@ -1,5 +1,5 @@
 """All Kubernetes I/O of the operator (its Kubernetes port): get, list pods, server-side apply, delete,
-status, scale, annotate, events.
+status, scale, annotate, events, and the create/replace of the leader election's Lease.
 
 One small client over the `kubernetes` package's ApiClient, addressing resources by
 (apiVersion, kind) through a fixed table of the kinds the operator touches, so no discovery
@@ -13,7 +13,7 @@ import datetime
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,6 +48,8 @@ RESOURCE_TYPES: Final[tuple[ResourceType, ...]] = (
     ResourceType("v1", "Pod", "pods"),
     ResourceType("v1", "Event", "events"),
     ResourceType("apps/v1", "Deployment", "deployments"),
+    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ResourceType("coordination.k8s.io/v1", "Lease", "leases"),
     ResourceType(naming.API_VERSION, naming.TASKQUEUE_KIND, naming.TASKQUEUE_PLURAL),
     ResourceType(naming.API_VERSION, naming.PERIODICJOB_KIND, naming.PERIODICJOB_PLURAL),
 )
@@ -94,12 +96,16 @@ def _kube_error(status: int | None, reason: str | None, body: bytes | str | None
 class Kube:
     """The operator's view of the API server. Thread-safe: the ApiClient pools connections."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, timeout_seconds: float = 10.0):
+    def __init__(self, api_client: kubernetes.client.ApiClient, timeout_seconds: float = 10.0,
+                 write_guard: Callable[[], None] | None = None):
         self._api = api_client
         self._timeout = timeout_seconds
+        # called before every write: the leader election's check that this replica still leads
+        self._write_guard = write_guard
 
     @classmethod
-    def from_environment(cls, timeout_seconds: float = 10.0) -> "Kube":
+    def from_environment(cls, timeout_seconds: float = 10.0,
+                         write_guard: Callable[[], None] | None = None) -> "Kube":
         """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
         configuration = kubernetes.client.Configuration()
         try:
@@ -107,7 +113,7 @@ class Kube:
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(client_configuration=configuration)
         configuration.connection_pool_maxsize = 32
-        return cls(kubernetes.client.ApiClient(configuration), timeout_seconds)
+        return cls(kubernetes.client.ApiClient(configuration), timeout_seconds, write_guard)
 
     def close(self) -> None:
         self._api.close()
@@ -115,7 +121,9 @@ class Kube:
     # --- the one place requests go out -------------------------------------------------------
 
     def _call(self, method: str, path: str, *, body: Any = None, query: list[tuple[str, Any]] | None = None,
-              content_type: str | None = None) -> Any:
+              content_type: str | None = None, timeout: float | None = None) -> Any:
+        if method != "GET" and self._write_guard is not None:
+            self._write_guard()
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -125,7 +133,7 @@ class Kube:
         )
         try:
             response = self._api.call_api(method, url, header_params=headers, body=body,
-                                          _request_timeout=self._timeout)
+                                          _request_timeout=timeout or self._timeout)
             data = response.read()
         except ApiException as error:
             raise _kube_error(error.status, error.reason, error.body) from None
@@ -137,9 +145,10 @@ class Kube:
 
     # --- reads -------------------------------------------------------------------------------
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+    def get(self, api_version: str, kind: str, namespace: str, name: str,
+            timeout: float | None = None) -> Manifest | None:
         try:
-            return self._call("GET", resource_type(api_version, kind).object_path(namespace, name))
+            return self._call("GET", resource_type(api_version, kind).object_path(namespace, name), timeout=timeout)
         except KubeError as error:
             if error.not_found:
                 return None
@@ -159,6 +168,18 @@ class Kube:
             "PATCH", kind.object_path(metadata["namespace"], metadata["name"]), body=dict(manifest),
             query=[("fieldManager", field_manager), ("force", "true")], content_type=APPLY_PATCH,
         )
+
+    def create(self, manifest: Mapping[str, Any], field_manager: str, timeout: float | None = None) -> Manifest:
+        """Create an object; a KubeError 409 AlreadyExists when someone else was first (the Lease)."""
+        kind, metadata = resource_type(manifest["apiVersion"], manifest["kind"]), manifest["metadata"]
+        return self._call("POST", kind.collection_path(metadata["namespace"]), body=dict(manifest),
+                          query=[("fieldManager", field_manager)], timeout=timeout)
+
+    def replace(self, manifest: Mapping[str, Any], field_manager: str, timeout: float | None = None) -> Manifest:
+        """Replace an object as read: a KubeError 409 Conflict when it changed since (its resourceVersion)."""
+        kind, metadata = resource_type(manifest["apiVersion"], manifest["kind"]), manifest["metadata"]
+        return self._call("PUT", kind.object_path(metadata["namespace"], metadata["name"]), body=dict(manifest),
+                          query=[("fieldManager", field_manager)], timeout=timeout)
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str,
                uid: str | None = None) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -40,11 +41,12 @@ def install_default() -> Settings:
     return _installed
 
 
-def create_runtime(settings: Settings) -> Runtime:
+def create_runtime(settings: Settings, write_guard: Callable[[], None] | None = None) -> Runtime:
+    """`write_guard`: the leader election's check before every write (None: no election)."""
     wakeups = Wakeups()
     return Runtime(
         settings=settings,
-        kube=Kube.from_environment(settings.api_timeout_seconds),
+        kube=Kube.from_environment(settings.api_timeout_seconds, write_guard),
         brokers=BrokerRegistry(settings.broker_timeout_seconds, on_arrival=wakeups.wake),
         beat_state=BeatStateStore(settings.broker_timeout_seconds),
         wakeups=wakeups,
@@ -69,8 +71,9 @@ async def start(ours: Settings, registry: kopf.OperatorRegistry, settings: kopf.
     """kopf's startup hook (`settings` is kopf's own, by kopf's name for it)."""
     logging.getLogger("celery_operator").setLevel(ours.log_level.upper())
     configure_kopf(settings)
-    memo.runtime = create_runtime(ours)
+    memo.runtime = create_runtime(ours, memo.get("write_guard"))
     metrics.serve(ours.metrics_port, ours.metrics_address)
+    metrics.LEADER.set(1)  # kopf starts its handlers: this process acts
     rediscovery.start(memo, settings, registry)
     logger.info("celery-operator configured: %s", ours)
 

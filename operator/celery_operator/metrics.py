@@ -40,6 +40,9 @@ BROKER_UP = Gauge("celery_operator_broker_up", "1 when the scaler's last tick re
 BEAT_UP = Gauge("celery_operator_beat_up", "1 while the TaskQueue's beat is running and leading (BeatReady), else 0;"
                 " absent while no PeriodicJob refers to the TaskQueue.", ("namespace", "taskqueue"))
 
+LEADER = Gauge("celery_operator_leader", "1 while this replica acts (it holds the operator's Lease, or runs without"
+               " leader election), 0 while it stands by.")
+
 # The names and labels of the widely used Celery exporter (danihodovic/celery-exporter), so dashboards
 # and alerts written for it work on our numbers: `queue_name` and `hostname` as it spells them, plus
 # `namespace` and `taskqueue` so that two TaskQueues with a queue or host of one name never share a
@@ -104,6 +107,12 @@ def forget_taskqueue(namespace: str, name: str) -> None:
                 gauge.remove(*labels)
 
 
+_serving: set[tuple[int, str]] = set()
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:
-    if port:
+    """Serve /metrics, once per process: a standby serves from before the election, and the
+    startup hook of the leader it becomes asks again."""
+    if port and (port, address) not in _serving:
         start_http_server(port, addr=address)
+        _serving.add((port, address))

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from kubernetes.utils.quantity import parse_quantity
+
 from . import naming
 
 DEFAULT_CONCURRENCY: Final = 2
@@ -180,8 +182,9 @@ class Persistence:
 @dataclass(frozen=True)
 class ManagedBroker:
     image: str | None = None  # None: the operator's setting CELERY_OPERATOR_REDIS_IMAGE
-    resources: Mapping[str, Any] = field(default_factory=dict)
+    resources: Mapping[str, Any] = field(default_factory=dict)  # {} = the builder's defaults
     persistence: Persistence | None = None
+    max_memory: str | None = None  # Redis maxmemory (a quantity); None = derived from the memory limit
 
 
 BrokerKind = Literal["managed", "url", "secretRef"]
@@ -232,11 +235,57 @@ class BeatSpec:
         return self.scheduler != ""
 
 
+FLOWER_AUTH_MODES: Final = ("basic", "oauth", "none")
+# spec.flower.oauth.provider -> the login handler Flower 2.0 ships for it
+FLOWER_OAUTH_PROVIDERS: Final = {
+    "github": "flower.views.auth.GithubLoginHandler",
+    "google": "flower.views.auth.GoogleAuth2LoginHandler",
+    "gitlab": "flower.views.auth.GitLabLoginHandler",
+    "okta": "flower.views.auth.OktaLoginHandler",
+}
+
+
+# spec.flower.allowFrom when omitted: every pod of the TaskQueue's namespace
+FLOWER_DEFAULT_ALLOW_FROM: Final[tuple[Mapping[str, Any], ...]] = ({"podSelector": {}},)
+
+
+@dataclass(frozen=True)
+class NetworkPolicySpec:
+    """`spec.networkPolicy`: whether the operator makes the TaskQueue's NetworkPolicies."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class FlowerOAuth:
+    """`flower.oauth`: Flower's own OAuth2 login (the client secret only from a Secret)."""
+
+    provider: str  # a key of FLOWER_OAUTH_PROVIDERS
+    allowed_emails: str  # Flower's --auth: a regular expression the logged-in email must match
+    client_id: str
+    client_secret_ref: SecretKeyRef
+    redirect_uri: str
+
+
 @dataclass(frozen=True)
 class FlowerSpec:
+    """auth: basic (basic_auth_secret_ref, or a password the operator generates), oauth, or none."""
+
     enabled: bool = False
     image: str | None = None  # None: the operator's setting CELERY_OPERATOR_FLOWER_IMAGE
-    resources: Mapping[str, Any] = field(default_factory=dict)
+    resources: Mapping[str, Any] = field(default_factory=dict)  # {} = the builder's defaults
+    auth: str = "basic"
+    basic_auth_secret_ref: SecretKeyRef | None = None
+    oauth: FlowerOAuth | None = None
+    env: tuple[Mapping[str, Any], ...] = ()
+    extra_args: tuple[str, ...] = ()
+    # NetworkPolicyPeers that may connect to Flower's port; () = nobody (kubectl port-forward still works)
+    allow_from: tuple[Mapping[str, Any], ...] = FLOWER_DEFAULT_ALLOW_FROM
+
+    @property
+    def generated_password(self) -> bool:
+        """Basic auth with a password the operator generates into the Secret `<tq>-flower`."""
+        return self.enabled and self.auth == "basic" and self.basic_auth_secret_ref is None
 
 
 @dataclass(frozen=True)
@@ -256,6 +305,7 @@ class TaskQueueSpec:
     autoscaling: AutoscalingBehavior = AutoscalingBehavior()
     beat: BeatSpec = BeatSpec()
     flower: FlowerSpec = FlowerSpec()
+    network_policy: NetworkPolicySpec = NetworkPolicySpec()
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | None) -> TaskQueueSpec:
@@ -317,6 +367,9 @@ def parse_taskqueue_spec(spec: Mapping[str, Any] | None) -> TaskQueueSpec:
         autoscaling=_parse_autoscaling_behavior(_mapping(spec.get("autoscaling"), "spec.autoscaling")),
         beat=_parse_beat(_mapping(spec.get("beat"), "spec.beat")),
         flower=_parse_flower(_mapping(spec.get("flower"), "spec.flower")),
+        network_policy=NetworkPolicySpec(
+            enabled=_bool(_mapping(spec.get("networkPolicy"), "spec.networkPolicy"), "enabled",
+                          "spec.networkPolicy", True)),
     )
 
 
@@ -519,14 +572,47 @@ def _parse_broker(values: Mapping[str, Any]) -> BrokerSpec:
             size=size,
             storage_class_name=_optional_string(raw, "storageClassName", "spec.broker.managed.persistence") or "",
         )
+    resources = _object(managed, "resources", "spec.broker.managed")
+    max_memory = _optional_quantity(managed, "maxMemory", "spec.broker.managed")
+    limit = (resources.get("limits") or {}).get("memory") if isinstance(resources.get("limits"), Mapping) else None
+    if max_memory is not None and limit is not None and parse_quantity(max_memory) >= _quantity_or(limit, INF):
+        raise SpecError("spec.broker.managed.maxMemory", f"must be below resources.limits.memory ({limit}), "
+                                                          "or the kernel kills Redis before it refuses writes")
     return BrokerSpec(
         kind="managed",
         managed=ManagedBroker(
             image=_optional_string(managed, "image", "spec.broker.managed") or None,
-            resources=_object(managed, "resources", "spec.broker.managed"),
+            resources=resources,
             persistence=persistence,
+            max_memory=max_memory,
         ),
     )
+
+
+INF: Final = float("inf")
+
+
+def _quantity_or(value: Any, fallback: float) -> Any:
+    """The parsed quantity, or `fallback` for what is not one (the API server rejects it anyway)."""
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        return fallback
+
+
+def _optional_quantity(values: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = values.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise SpecError(f"{path}.{key}", "must be a quantity such as 200Mi")
+    try:
+        amount = parse_quantity(value)
+    except ValueError as error:
+        raise SpecError(f"{path}.{key}", f"must be a quantity such as 200Mi (got {value!r})") from error
+    if amount <= 0:
+        raise SpecError(f"{path}.{key}", "must be more than 0")
+    return str(value)
 
 
 def _parse_result_backend(raw: Any) -> ResultBackendSpec | None:
@@ -608,10 +694,45 @@ def _parse_beat(values: Mapping[str, Any]) -> BeatSpec:
 
 
 def _parse_flower(values: Mapping[str, Any]) -> FlowerSpec:
+    path = "spec.flower"
+    oauth = None if values.get("oauth") is None else _parse_flower_oauth(_mapping(values["oauth"], f"{path}.oauth"))
+    auth = _optional_enum(values, "auth", path, FLOWER_AUTH_MODES) or ("oauth" if oauth else "basic")
+    reference = (None if values.get("basicAuthSecretRef") is None
+                 else _secret_key_ref(values["basicAuthSecretRef"], f"{path}.basicAuthSecretRef"))
+    if auth == "oauth" and oauth is None:
+        raise SpecError(f"{path}.oauth", "is required when spec.flower.auth is oauth")
+    if oauth is not None and auth != "oauth":
+        raise SpecError(f"{path}.oauth", f"is only used with spec.flower.auth oauth (auth is {auth})")
+    if reference is not None and auth != "basic":
+        raise SpecError(f"{path}.basicAuthSecretRef", f"is only used with spec.flower.auth basic (auth is {auth})")
+    extra_args = values.get("extraArgs") or []
+    if not isinstance(extra_args, list) or not all(isinstance(a, str) for a in extra_args):
+        raise SpecError(f"{path}.extraArgs", "must be a list of strings")
     return FlowerSpec(
-        enabled=_bool(values, "enabled", "spec.flower", False),
-        image=_optional_string(values, "image", "spec.flower") or None,
-        resources=_object(values, "resources", "spec.flower"),
+        enabled=_bool(values, "enabled", path, False),
+        image=_optional_string(values, "image", path) or None,
+        resources=_object(values, "resources", path),
+        auth=auth,
+        basic_auth_secret_ref=reference,
+        oauth=oauth,
+        env=_list_of_objects(values, "env", path),
+        extra_args=tuple(extra_args),
+        allow_from=(FLOWER_DEFAULT_ALLOW_FROM if values.get("allowFrom") is None
+                    else _list_of_objects(values, "allowFrom", path)),
+    )
+
+
+def _parse_flower_oauth(values: Mapping[str, Any]) -> FlowerOAuth:
+    path = "spec.flower.oauth"
+    provider = _optional_enum(values, "provider", path, tuple(FLOWER_OAUTH_PROVIDERS))
+    if provider is None:
+        raise SpecError(f"{path}.provider", f"is required: one of {', '.join(FLOWER_OAUTH_PROVIDERS)}")
+    return FlowerOAuth(
+        provider=provider,
+        allowed_emails=_required_string(values, "allowedEmails", path),
+        client_id=_required_string(values, "clientId", path),
+        client_secret_ref=_secret_key_ref(values.get("clientSecretRef"), f"{path}.clientSecretRef"),
+        redirect_uri=_required_string(values, "redirectUri", path),
     )
 
 

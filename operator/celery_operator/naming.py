@@ -27,6 +27,9 @@ LABEL_BEAT_ROLE: Final = f"{GROUP}/beat-role"
 BEAT_ROLE_SCHEDULER: Final = "scheduler"
 BEAT_ROLE_STATE: Final = "state"
 ANNOTATION_QUEUE_NAME: Final = f"{GROUP}/queue-name"
+# Pods of the TaskQueue's namespace labelled `celery-operator.dev/producer: <tq>` (a web app that
+# sends tasks) may connect to its managed broker through the NetworkPolicy `<tq>-broker`.
+LABEL_PRODUCER: Final = f"{GROUP}/producer"
 # The worker pods' readiness gate: True while the pod's Celery worker consumes (its heartbeats),
 # set by the operator on the pod's status.
 CONDITION_CONSUMING: Final = f"{GROUP}/consuming"
@@ -114,6 +117,11 @@ def parse_beat_key_prefix(prefix: str) -> tuple[str, str] | None:
 
 def flower_name(taskqueue: str) -> str:
     return f"{taskqueue}-flower"
+
+
+def workers_policy_name(taskqueue: str) -> str:
+    """The NetworkPolicy over every worker pod of the TaskQueue."""
+    return f"{taskqueue}-workers"
 
 
 def selector_labels(taskqueue: str, component: Component, queue: str | None = None,

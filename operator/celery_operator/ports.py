@@ -1,5 +1,5 @@
 """The I/O ports the controllers use, as the Runtime holds them: Kubernetes, the brokers, the
-beats' state. The operator plugs in kube.Kube, broker.registry.BrokerRegistry and
+beats' state; and the leader election's Lease. The operator plugs in kube.Kube, broker.registry.BrokerRegistry and
 beat.state.BeatStateStore; the controller tests plug in fakes (tests/controllers/fakes.py)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from .beat.state import BeatState, StateLocation
 from .broker.depth import QueueDepth
 from .broker.heartbeats import QueueActivity, WorkerState
+from .broker.probe import ProbeResult
 
 Manifest = dict[str, Any]
 
@@ -39,6 +40,20 @@ class KubePort(Protocol):
     def close(self) -> None: ...
 
 
+class LeasePort(Protocol):
+    """The leader election's Lease (election.py); kube.Kube serves it. Raises kube.KubeError: a 409 when
+    someone else created or changed the Lease first."""
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str,
+            timeout: float | None = None) -> Manifest | None: ...
+
+    def create(self, manifest: Mapping[str, Any], field_manager: str, timeout: float | None = None) -> Manifest: ...
+
+    def replace(self, manifest: Mapping[str, Any], field_manager: str, timeout: float | None = None) -> Manifest: ...
+
+    def close(self) -> None: ...
+
+
 class BrokerSession(Protocol):
     """One broker, as the TaskQueues using it read it. Reads raise broker.urls.BrokerUnavailable."""
 
@@ -54,8 +69,8 @@ class BrokerSession(Protocol):
 
 
 class BrokerPort(Protocol):
-    def probe(self, url: str) -> str | None:
-        """None when the broker answers, else why not (no password in it)."""
+    def probe(self, url: str) -> ProbeResult:
+        """Whether the broker answers (else why not, no password in it), and a Redis broker's memory."""
 
     def session(self, user: str, url: str) -> BrokerSession:
         """The broker's session for `user` (a TaskQueue uid), opened on first use."""

@@ -8,8 +8,8 @@ from typing import Final
 
 class Ready:
     """A TaskQueue's Ready: True when everything below that applies is True; else False with the
-    reason of what blocks the pass, or of the first of BrokerReady, WorkersReady, BeatReady that is
-    not True, or FlowerPodFailing."""
+    reason of what blocks the pass, or of the first of BrokerReady, BrokerAcceptingWrites, WorkersReady,
+    BeatReady that is not True, or FlowerPodFailing."""
 
     TYPE: Final = "Ready"
     READY: Final = "Ready"
@@ -26,6 +26,15 @@ class BrokerReady:
     UNREACHABLE: Final = "BrokerUnreachable"
     STARTING: Final = "BrokerStarting"  # the managed Redis is not available yet
     POD_FAILING: Final = "BrokerPodFailing"  # ... because its pod cannot run
+
+
+class BrokerAcceptingWrites:
+    """Only for a Redis broker with a maxmemory: False while Redis is over it (refusing new messages
+    with OOM errors under noeviction); left as it was while the broker's memory cannot be read."""
+
+    TYPE: Final = "BrokerAcceptingWrites"
+    BELOW_MAX_MEMORY: Final = "BelowMaxMemory"
+    FULL: Final = "BrokerFull"
 
 
 class WorkersReady:

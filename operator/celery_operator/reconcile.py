@@ -22,21 +22,24 @@ from . import builders, drift, metrics, naming
 from .beat import state as beat_state
 from .beat.jobs import DesiredJob, desired_jobs, plan_sync
 from .beat.state import BeatState, StateLocation
-from .broker.urls import BrokerUnavailable, redact
+from .broker.probe import ProbeResult
+from .broker.urls import BrokerUnavailable, is_redis_url, redact
 from .children import ChildKey, Children, Manifest, Rollout, child_key, controller_uid, decode_secret_value
 from .conditions import Condition
 from .kube import KubeError
 from .models import ObjectIdentity, SpecError, TaskQueueSpec, validate_taskqueue_name
 from .podfailures import PodFailure, deployment_failure
-from .reasons import PROGRESS, BeatReady, BrokerReady, Ready, WorkersReady
+from .reasons import PROGRESS, BeatReady, BrokerAcceptingWrites, BrokerReady, Ready, WorkersReady
 from .runtime import Runtime
+from .settings import Settings
 from .status import HeadlineEvents, StatusPart, publish
 
 logger = logging.getLogger(__name__)
 
 PASSWORD_BYTES: Final = 24
 STATUS: Final = StatusPart(
-    conditions=frozenset({Ready.TYPE, BrokerReady.TYPE, WorkersReady.TYPE, BeatReady.TYPE}),
+    conditions=frozenset({Ready.TYPE, BrokerReady.TYPE, BrokerAcceptingWrites.TYPE, WorkersReady.TYPE,
+                          BeatReady.TYPE}),
     fields=frozenset({"observedGeneration", "brokerSecretName", "queueCount", "workers"}),
     queue_fields=("name", "replicas", "readyReplicas"),
 )
@@ -95,6 +98,19 @@ def broker_access(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpe
         return BrokerAccess(url=builders.broker_url(identity, spec.broker))
     external = _read_user_secret_url(runtime, identity, spec)
     return BrokerAccess(url=external, external_url=external)
+
+
+def flower_password(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, children: Children) -> str | None:
+    """The password of Flower's generated login, when it has one (kept in `<tq>-flower`)."""
+    if not spec.flower.generated_password:
+        return None
+    name = naming.flower_name(identity.name)
+    return _password_of(with_own_secret(runtime, identity, children, name).secret(name))
+
+
+def operator_source(settings: Settings) -> builders.OperatorSource:
+    return builders.OperatorSource(namespace=settings.pod_namespace, pod_labels=settings.pod_label_map(),
+                                   cidrs=settings.source_cidr_list())
 
 
 def _not_ours(names: Iterable[str]) -> Blocked:
@@ -245,19 +261,49 @@ def workers_condition(identity: ObjectIdentity, spec: TaskQueueSpec, children: C
 
 
 def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
-                     children: Children, failures: Mapping[str, PodFailure]) -> Condition:
+                     children: Children, failures: Mapping[str, PodFailure]) -> tuple[Condition, ProbeResult | None]:
+    """BrokerReady, and what the probe found (None: the broker was not probed, its pod is not up)."""
     if spec.broker.kind == "managed":
         name = naming.broker_name(identity.name)
         rollout = Rollout.of(children.deployment(name))
         if name in failures:
-            return Condition.false(BrokerReady.TYPE, BrokerReady.POD_FAILING, failures[name].describe())
+            return Condition.false(BrokerReady.TYPE, BrokerReady.POD_FAILING, failures[name].describe()), None
         if not rollout.settled:  # still starting: a progress report, not an outage
             return Condition.false(BrokerReady.TYPE, BrokerReady.STARTING,
-                                   f"waiting for the managed Redis (Deployment {name}: {rollout.describe()})")
-    problem = runtime.brokers.probe(access.url)
-    if problem is None:
-        return Condition.true(BrokerReady.TYPE, BrokerReady.REACHABLE, "the broker answers")
-    return Condition.false(BrokerReady.TYPE, BrokerReady.UNREACHABLE, problem)
+                                   f"waiting for the managed Redis (Deployment {name}: {rollout.describe()})"), None
+    result = runtime.brokers.probe(access.url)
+    if result.problem is None:
+        return Condition.true(BrokerReady.TYPE, BrokerReady.REACHABLE, "the broker answers"), result
+    return Condition.false(BrokerReady.TYPE, BrokerReady.UNREACHABLE, result.problem), result
+
+
+def _bytes(amount: int) -> str:
+    return f"{amount} bytes ({amount / 1048576:.1f}Mi)"
+
+
+def writes_condition(result: ProbeResult | None, broker_url: str) -> tuple[Condition | None, bool]:
+    """BrokerAcceptingWrites from the probe, and whether to keep the condition as it was (the broker's
+    memory unknown now). None without keeping: not a Redis broker with a maxmemory, so no condition.
+
+    The messages name maxmemory, not the memory in use, so a settled status does not change each pass.
+    """
+    if result is None or result.problem is not None or (result.memory is None and is_redis_url(broker_url)):
+        return None, True
+    memory = result.memory
+    if memory is None or not memory.limited:
+        return None, False
+    limit = f"its maxmemory of {_bytes(memory.max)}, maxmemory-policy {memory.policy}"
+    if not memory.full:
+        return Condition.true(BrokerAcceptingWrites.TYPE, BrokerAcceptingWrites.BELOW_MAX_MEMORY,
+                              f"Redis is below {limit}"), False
+    if memory.policy == "noeviction":
+        effect = ("it refuses new messages (producers get OOM errors) and keeps the ones it holds until "
+                  "workers drain the queues")
+    else:
+        effect = "it evicts keys to make room: queued messages may be lost"
+    return Condition.false(BrokerAcceptingWrites.TYPE, BrokerAcceptingWrites.FULL,
+                           f"Redis is at {limit}: {effect}; give it more room with "
+                           "spec.broker.managed.resources.limits.memory (or maxMemory)"), False
 
 
 def flower_condition(identity: ObjectIdentity, spec: TaskQueueSpec,
@@ -277,6 +323,8 @@ class Verdict:
     queues: list[dict[str, Any]] | None = None
     beat: Condition | None = None  # BeatReady; None on an unblocked pass = no PeriodicJob refers
     flower: Condition | None = None  # only when Flower's pods cannot run
+    writes: Condition | None = None  # BrokerAcceptingWrites; None = none, or as it was when keep_writes
+    keep_writes: bool = False
 
     @classmethod
     def of_blocked(cls, blocked: Blocked) -> Verdict:
@@ -286,7 +334,7 @@ class Verdict:
 def ready_condition(verdict: Verdict) -> Condition:
     if verdict.blocked is not None:
         return verdict.blocked.condition
-    for condition in (verdict.broker, verdict.workers, verdict.beat, verdict.flower):
+    for condition in (verdict.broker, verdict.writes, verdict.workers, verdict.beat, verdict.flower):
         if condition is not None and not condition.is_true:
             return Condition.false(Ready.TYPE, condition.reason, condition.message)
     if verdict.beat is not None:
@@ -302,7 +350,7 @@ def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: V
     A blocked pass sets Ready only and restates what it owned before, so nothing it cannot see now is lost.
     """
     previous = body.get("status") or {}
-    updates = [c for c in (verdict.broker, verdict.workers, verdict.beat) if c is not None]
+    updates = [c for c in (verdict.broker, verdict.writes, verdict.workers, verdict.beat) if c is not None]
     fields: dict[str, Any] = {"observedGeneration": identity.generation,
                               "brokerSecretName": naming.broker_name(identity.name)}
     if verdict.queues is None:
@@ -314,6 +362,8 @@ def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: V
         fields.update(queueCount=len(verdict.queues), workers=f"{ready}/{desired}")
         queues = verdict.queues
     drop = [BeatReady.TYPE] if verdict.blocked is None and verdict.beat is None else []
+    if verdict.blocked is None and verdict.writes is None and not verdict.keep_writes:
+        drop.append(BrokerAcceptingWrites.TYPE)
     return STATUS.compose(previous, [*updates, ready_condition(verdict)], generation=identity.generation, now=now,
                           drop=drop, fields=fields, queues=queues)
 
@@ -431,7 +481,9 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
         access = broker_access(runtime, identity, spec, observed)
         beat = plan_beat(runtime, identity, spec, access, referring, observed)
         desired = builders.desired_children(identity, spec, images=images, broker_password=access.password,
-                                            external_broker_url=access.external_url, beat=beat.options)
+                                            external_broker_url=access.external_url, beat=beat.options,
+                                            flower_password=flower_password(runtime, identity, spec, observed),
+                                            operator_source=operator_source(settings))
         live = resolve_live_children(runtime, identity, desired, observed)
         children = apply_children(runtime, identity, spec, desired, live)
         for name in delete_unwanted(runtime, identity, desired, observed):
@@ -439,7 +491,8 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
     except Blocked as blocked:
         return Verdict.of_blocked(blocked)
     failures = pod_failures(runtime, identity, children)
-    broker = broker_condition(runtime, identity, spec, access, children, failures)
+    broker, probed = broker_condition(runtime, identity, spec, access, children, failures)
+    writes, keep_writes = writes_condition(probed, access.url)
     state, problem = _beat_state(runtime, identity, beat, broker, access.url, observed,
                                  time.time() if now is None else now)
     return Verdict(
@@ -449,6 +502,8 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
         queues=queue_statuses(identity, spec, children),
         beat=beat_condition(identity, spec, beat, children, state, problem, failures),
         flower=flower_condition(identity, spec, failures),
+        writes=writes,
+        keep_writes=keep_writes,
     )
 
 

@@ -41,6 +41,10 @@ CRD_NAMES = ("periodicjobs.celery-operator.dev", "taskqueues.celery-operator.dev
 # Restricted-security values values-everything.yaml keeps as they are, on purpose.
 KEPT_AT_DEFAULT = {"securityContext.capabilities.drop", "podSecurityContext.seccompProfile.type"}
 PASSTHROUGH = {"/affinity/nodeAffinity", "/affinity/podAffinity", "/affinity/podAntiAffinity", "/global"}
+# On by default: the ClusterRoles aggregated into view/edit/admin, and the admission policy confining
+# the operator with its binding (tests/cluster/test_chart_access.py checks what they do).
+AGGREGATED_ROLES_AND_POLICY = ("ClusterRole", "ClusterRole", "ValidatingAdmissionPolicy",
+                               "ValidatingAdmissionPolicyBinding")
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -237,6 +241,8 @@ def test_schema_refuses_bad_values_naming_them(args: list[str], named: str) -> N
     (["--set", "serviceMonitor.enabled=true", "--set", "metrics.enabled=false"], "needs metrics.enabled"),
     (["--set", "metrics.port=8080"], "must differ"),
     (["--set", "serviceAccount.create=false"], "serviceAccount.name is required"),
+    (["--set", "leaderElection.enabled=false"], "replicaCount > 1 needs leaderElection.enabled"),
+    (["--set", "leaderElection.renewDeadlineSeconds=15"], "retryPeriodSeconds < renewDeadlineSeconds < leaseDuration"),
 ])
 def test_template_refuses_inconsistent_values(args: list[str], message: str) -> None:
     result = helm("template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args, check=False)
@@ -247,6 +253,11 @@ def test_config_defaults_are_the_operators_own_and_every_setting_is_exposed() ->
     settings = Settings()
     config = defaults()["config"]
     exposed_elsewhere = {"metrics_port": "metrics.port", "metrics_address": "metrics.listenAddress",
+                         "leader_election_lease": "the Deployment's name (leaderElection.enabled)",
+                         "leader_election_namespace": "the pod's namespace", "leader_election_identity": "its name",
+                         "leader_election_lease_duration_seconds": "leaderElection.leaseDurationSeconds",
+                         "leader_election_renew_deadline_seconds": "leaderElection.renewDeadlineSeconds",
+                         "leader_election_retry_period_seconds": "leaderElection.retryPeriodSeconds",
                          "beat_image": "beat.image", "redis_image": "redis.image", "flower_image": "flower.image"}
     for field in settings.__dataclass_fields__:
         if field in exposed_elsewhere:
@@ -270,7 +281,8 @@ def test_config_defaults_are_the_operators_own_and_every_setting_is_exposed() ->
 def test_defaults_render_a_cluster_wide_operator() -> None:
     objects = render()
     assert kinds(objects) == sorted(["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                                     "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"])
+                                     "CustomResourceDefinition", "Deployment", "Role", "RoleBinding", "Service",
+                                     "ServiceAccount", *AGGREGATED_ROLES_AND_POLICY])
     for item in objects:
         labels = item["metadata"]["labels"]
         for key in ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
@@ -279,8 +291,22 @@ def test_defaults_render_a_cluster_wide_operator() -> None:
 
     deployment = only(objects, "Deployment")
     assert deployment["metadata"]["namespace"] == RELEASE_NAMESPACE
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # two replicas, one acting through the Lease: a rolling update adds a standby before it removes one
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    [spread] = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    env = env_of(objects)
+    assert env["CELERY_OPERATOR_LEADER_ELECTION_LEASE"] == deployment["metadata"]["name"]
+    assert env["CELERY_OPERATOR_LEADER_ELECTION_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["CELERY_OPERATOR_LEADER_ELECTION_IDENTITY"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    election = only(objects, "Role")
+    assert election["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert election["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                  "verbs": ["get", "create", "update"]}]
+    assert only(objects, "RoleBinding")["roleRef"]["name"] == election["metadata"]["name"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == only(objects, "ServiceAccount")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -307,7 +333,7 @@ def test_defaults_render_a_cluster_wide_operator() -> None:
     assert env_of(objects)["CELERY_OPERATOR_BEAT_IMAGE"] == operator["image"], "one image for operator and beat"
 
     binding = only(objects, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == only(objects, "ClusterRole")["metadata"]["name"]
+    assert binding["roleRef"]["name"] == only(objects, "ClusterRole", "op-celery-operator")["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
                                     "namespace": RELEASE_NAMESPACE}]
 
@@ -319,15 +345,17 @@ def test_rbac_has_no_wildcards_and_namespaced_mode_has_no_cluster_access_to_name
                 assert "*" not in rule[field], f"wildcard in {rule}"
             assert not rule.get("nonResourceURLs") and not rule.get("resourceNames")
     namespaced = render("--set", "watchNamespaces={team-a,team-b}")
-    [cluster_role] = [o for o in namespaced if o["kind"] == "ClusterRole"]
+    cluster_role = only(namespaced, "ClusterRole", "op-celery-operator-discovery")
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions",
                                                                                "namespaces"}
     assert {v for rule in cluster_role["rules"] for v in rule["verbs"]} == {"list", "watch"}
-    roles = [o for o in namespaced if o["kind"] == "Role"]
-    bindings = [o for o in namespaced if o["kind"] == "RoleBinding"]
+    election = "op-celery-operator-leader-election"  # the Lease's Role, in the release's namespace only
+    roles = [o for o in namespaced if o["kind"] == "Role" and o["metadata"]["name"] != election]
+    bindings = [o for o in namespaced if o["kind"] == "RoleBinding" and o["metadata"]["name"] != election]
+    assert only(namespaced, "Role", election)["metadata"]["namespace"] == RELEASE_NAMESPACE
     assert sorted(o["metadata"]["namespace"] for o in roles) == ["team-a", "team-b"]
     assert sorted(o["metadata"]["namespace"] for o in bindings) == ["team-a", "team-b"]
-    cluster_wide = only(render(), "ClusterRole")
+    cluster_wide = only(render(), "ClusterRole", "op-celery-operator")
     assert roles[0]["rules"] == [rule for rule in cluster_wide["rules"] if rule["resources"] != [
         "customresourcedefinitions"]], "the Roles carry the same namespaced rules as the cluster-wide ClusterRole"
     assert container(namespaced)["args"][:2] == ["--namespace=team-a", "--namespace=team-b"]
@@ -339,7 +367,8 @@ def test_every_value_reaches_the_rendered_objects() -> None:
     objects = render("-f", str(EVERYTHING))
     assert kinds(objects) == sorted(["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
                                      "CustomResourceDefinition", "Deployment", "PrometheusRule", "Role", "Role",
-                                     "RoleBinding", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor"])
+                                     "Role", "RoleBinding", "RoleBinding", "RoleBinding", "Service", "ServiceAccount",
+                                     "ServiceMonitor", *AGGREGATED_ROLES_AND_POLICY])
     deployment = only(objects, "Deployment", "celery-ops")
     assert deployment["metadata"]["labels"]["app.kubernetes.io/name"] == "celery-op"
     pod = deployment["spec"]["template"]
@@ -371,7 +400,14 @@ def test_every_value_reaches_the_rendered_objects() -> None:
         "CELERY_OPERATOR_BEAT_IMAGE": "registry.example.com/platform/celery-beat:0.1.0",
         "CELERY_OPERATOR_REDIS_IMAGE": "registry.example.com/mirror/redis:7.4-alpine",
         "CELERY_OPERATOR_FLOWER_IMAGE": "registry.example.com/mirror/flower:2.0",
+        "CELERY_OPERATOR_LEADER_ELECTION_LEASE": "celery-ops",
+        "CELERY_OPERATOR_LEADER_ELECTION_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        "CELERY_OPERATOR_LEADER_ELECTION_IDENTITY": {"fieldRef": {"fieldPath": "metadata.name"}},
+        "CELERY_OPERATOR_LEADER_ELECTION_LEASE_DURATION_SECONDS": "30",
+        "CELERY_OPERATOR_LEADER_ELECTION_RENEW_DEADLINE_SECONDS": "20",
+        "CELERY_OPERATOR_LEADER_ELECTION_RETRY_PERIOD_SECONDS": "4",
     }
+    assert deployment["spec"]["replicas"] == 3
     assert env["EXTRA_LITERAL"] == "yes" and env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert {p["name"]: p["containerPort"] for p in operator["ports"]} == {"healthz": 9440, "metrics": 9441}
     service = only(objects, "Service")
@@ -386,6 +422,16 @@ def test_every_value_reaches_the_rendered_objects() -> None:
     crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     assert all("annotations" not in o["metadata"] for o in crds), "crds.keep: false drops the keep policy"
     assert "ServiceMonitor" not in kinds(render()), "the ServiceMonitor is off by default"
+
+
+def test_one_replica_without_election_is_recreated_and_has_no_lease() -> None:
+    objects = render("--set", "replicaCount=1", "--set", "leaderElection.enabled=false")
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [name for name in env_of(objects) if name.startswith("CELERY_OPERATOR_LEADER_ELECTION")]
+    assert "Role" not in kinds(objects)
+    # one replica with the election (the default terms): it wins at once, and a new pod still waits for the old
+    assert env_of(render("--set", "replicaCount=1"))["CELERY_OPERATOR_LEADER_ELECTION_LEASE"] == "op-celery-operator"
 
 
 def test_metrics_disabled_turns_the_port_off_and_drops_the_service() -> None:
@@ -507,7 +553,7 @@ def test_install_upgrade_uninstall_keeps_the_crds(chart_cluster: DevCluster) -> 
         kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     deployment = json.loads(kube.kubectl("get", "deployment", "op-celery-operator", "-n", RELEASE_NAMESPACE,
                                          "-o", "json").stdout)
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     for what in (("serviceaccount", "op-celery-operator", "-n", RELEASE_NAMESPACE),
                  ("service", "op-celery-operator-metrics", "-n", RELEASE_NAMESPACE),
                  ("clusterrole", "op-celery-operator"), ("clusterrolebinding", "op-celery-operator")):

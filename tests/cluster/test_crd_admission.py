@@ -49,6 +49,9 @@ def _without(key: str) -> Callable[[dict[str, Any]], None]:
     return lambda body: body["spec"].pop(key)
 
 
+_OAUTH = {"provider": "github", "allowedEmails": ".*@acme\\.com", "clientId": "Iv1.abc",
+          "clientSecretRef": {"name": "gh", "key": "secret"}, "redirectUri": "https://flower.acme.com/login"}
+
 BAD_TASKQUEUES = {
     "name over 40 characters": (lambda b: b["metadata"].update(name="x" * 41), "metadata.name"),
     "missing image": (_without("image"), "spec.image"),
@@ -80,6 +83,28 @@ BAD_TASKQUEUES = {
                                            "spec.queues[0].health.idleWithBacklogSeconds"),
     "unknown health action": (_spec(workers={"health": {"action": "Kill"}}), "spec.workers.health.action"),
     "mingle not a boolean": (_spec(workers={"mingle": "yes"}), "spec.workers.mingle"),
+    "flower.auth unknown": (_spec(flower={"enabled": True, "auth": "open"}), "spec.flower.auth"),
+    "flower.auth oauth without oauth": (_spec(flower={"auth": "oauth"}), "spec.flower.auth oauth needs"),
+    "flower.oauth with auth basic": (_spec(flower={"auth": "basic", "oauth": _OAUTH}), "spec.flower.oauth is only"),
+    "flower.basicAuthSecretRef with oauth": (_spec(flower={"oauth": _OAUTH, "basicAuthSecretRef": {
+        "name": "a", "key": "b"}}), "spec.flower.basicAuthSecretRef"),
+    "flower.basicAuthSecretRef without a key": (_spec(flower={"basicAuthSecretRef": {"name": "a"}}),
+                                                "spec.flower.basicAuthSecretRef.key"),
+    "flower.oauth without a client secret": (_spec(flower={"oauth": {
+        k: v for k, v in _OAUTH.items() if k != "clientSecretRef"}}), "spec.flower.oauth.clientSecretRef"),
+    "flower.oauth unknown provider": (_spec(flower={"oauth": {**_OAUTH, "provider": "myspace"}}),
+                                      "spec.flower.oauth.provider"),
+    "flower.oauth redirectUri not a URL": (_spec(flower={"oauth": {**_OAUTH, "redirectUri": "/login"}}),
+                                           "spec.flower.oauth.redirectUri"),
+    "broker maxMemory not a quantity": (_spec(broker={"managed": {"maxMemory": "lots"}}),
+                                        "spec.broker.managed.maxMemory"),
+    "broker maxMemory of 0": (_spec(broker={"managed": {"maxMemory": "0"}}), "spec.broker.managed.maxMemory"),
+    "networkPolicy.enabled not a boolean": (_spec(networkPolicy={"enabled": "no"}), "spec.networkPolicy.enabled"),
+    "flower.allowFrom entry without a peer": (_spec(flower={"allowFrom": [{}]}), "spec.flower.allowFrom"),
+    "flower.allowFrom ipBlock with a podSelector": (
+        _spec(flower={"allowFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}), "spec.flower.allowFrom"),
+    "flower.allowFrom ipBlock without a cidr": (_spec(flower={"allowFrom": [{"ipBlock": {}}]}),
+                                                "spec.flower.allowFrom[0].ipBlock.cidr"),
 }
 
 BAD_PERIODICJOBS = {
@@ -129,11 +154,27 @@ def test_good_objects_and_examples_are_accepted_with_defaults(devcluster: DevClu
     assert stored["autoscaling"] == {"pollIntervalSeconds": 2, "scaleDownStabilizationSeconds": 60}
     assert stored["queues"][0]["autoscaling"]["minReplicas"] == 0
     assert "concurrency" not in stored["queues"][0], "a queue inherits spec.workers unless it overrides"
+    assert stored["networkPolicy"] == {"enabled": True}
+    assert stored["flower"]["allowFrom"] == [{"podSelector": {}}], "Flower: every pod of the namespace by default"
 
     for path in sorted(EXAMPLES.glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             result = _apply(devcluster, namespace, document)
             assert result.returncode == 0, f"{path.name}: {result.stderr}"
+
+
+def test_flower_logins_and_broker_memory_settings_that_fit_together_are_accepted(devcluster: DevCluster,
+                                                                                   namespace: str) -> None:
+    for flower, broker in (
+        ({"enabled": True, "basicAuthSecretRef": {"name": "logins", "key": "users"}},
+         {"managed": {"maxMemory": "200Mi", "resources": {"limits": {"memory": "256Mi"}}}}),
+        ({"enabled": True, "oauth": _OAUTH, "env": [{"name": "FLOWER_PERSISTENT", "value": "true"}],
+          "extraArgs": ["--purge_offline_workers=60"]}, {"managed": {"maxMemory": "64Mi"}}),
+        ({"enabled": True, "auth": "none"}, {"managed": {"resources": {"requests": {"memory": "1Gi"}},
+                                                         "maxMemory": "900Mi"}}),
+    ):
+        result = _apply(devcluster, namespace, _edit(_taskqueue, _spec(flower=flower, broker=broker)))
+        assert result.returncode == 0, result.stderr
 
 
 def test_kubectl_explain_describes_autoscaling(devcluster: DevCluster) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from celery_operator.beat.state import BeatState, StateLocation
 from celery_operator.broker.depth import QueueDepth
 from celery_operator.broker.heartbeats import QueueActivity, WorkerState
+from celery_operator.broker.probe import ProbeResult, RedisMemory
 from celery_operator.broker.urls import BrokerUnavailable
 from celery_operator.children import controller_uid
 from celery_operator.kube import KubeError
@@ -270,10 +271,11 @@ class FakeBrokers:
     def __init__(self) -> None:
         self.sessions: dict[str, FakeSession] = {}
         self.unreachable: dict[str, str] = {}  # url -> why the probe fails
+        self.memory: dict[str, RedisMemory] = {}  # url -> what INFO memory says
         self.released: list[str] = []
 
-    def probe(self, url: str) -> str | None:
-        return self.unreachable.get(url)
+    def probe(self, url: str) -> ProbeResult:
+        return ProbeResult(self.unreachable.get(url), None if url in self.unreachable else self.memory.get(url))
 
     def session(self, user: str, url: str) -> FakeSession:
         return self.sessions.setdefault(url, FakeSession(url))

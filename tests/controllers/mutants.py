@@ -34,6 +34,10 @@ MUTANTS = {
         "celery_operator/reconcile.py",
         "    if not unsettled:\n        return {}",
         "    return {}"),
+    "a full broker unseen": (
+        "celery_operator/reconcile.py",
+        "    if not memory.full:",
+        "    if True:"),
     "scaler tick never scales": (
         "celery_operator/scaler.py",
         "        if decision.changed:\n            _scale(tick, view, decision)",

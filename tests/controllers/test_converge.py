@@ -79,7 +79,8 @@ def test_a_new_taskqueue_gets_its_children_and_a_status_that_says_it_is_starting
     writes = cluster.reconcile()
     applied = {(kind, name) for verb, kind, name in writes if verb == "apply"}
     assert applied == {("Secret", "shop-broker"), ("Deployment", "shop-broker"), ("Service", "shop-broker"),
-                       ("Deployment", "shop-worker-fast"), ("Deployment", "shop-worker-slow")}
+                       ("Deployment", "shop-worker-fast"), ("Deployment", "shop-worker-slow"),
+                       ("NetworkPolicy", "shop-broker"), ("NetworkPolicy", "shop-workers")}
     assert cluster.condition("BrokerReady")["reason"] == "BrokerStarting"
     assert cluster.condition("Ready")["status"] == "False"
     assert [(kind, reason) for _, kind, reason, _ in cluster.kube.events] == [("Normal", "BrokerStarting")]
@@ -128,6 +129,9 @@ POD_TEMPLATE_USERS = WORKERS | {"shop-flower", "shop-beat"}
     ("workers.extraArgs", WORKERS),
     ("broker.managed.resources", {"shop-broker"}),
     ("flower.resources", {"shop-flower"}),
+    ("flower.env", {"shop-flower"}),
+    ("flower.extraArgs", {"shop-flower"}),
+    ("broker.managed.maxMemory", {"shop-broker"}),
 ])
 def test_a_removal_reaches_exactly_the_deployments_built_from_it(removed: str, reached: set[str]) -> None:
     cluster = Cluster(FULL)
@@ -167,7 +171,19 @@ def test_turning_flower_off_deletes_its_children_only() -> None:
     cluster.edit({**SPEC, "flower": {"enabled": False}})
     writes = cluster.reconcile()
     assert sorted(_of_children(writes)) == [("delete", "Deployment", "shop-flower"),
+                                            ("delete", "NetworkPolicy", "shop-flower"),
+                                            ("delete", "Secret", "shop-flower"),
                                             ("delete", "Service", "shop-flower")]
+
+
+def test_turning_network_policies_off_deletes_them_only() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    cluster.edit({**SPEC, "networkPolicy": {"enabled": False}})
+    writes = cluster.reconcile()
+    assert sorted(_of_children(writes)) == [("delete", "NetworkPolicy", "shop-broker"),
+                                            ("delete", "NetworkPolicy", "shop-workers")]
+    assert cluster.reconcile() == [], "and then nothing more"
 
 
 def test_an_edit_of_a_field_the_operator_sets_is_reverted() -> None:

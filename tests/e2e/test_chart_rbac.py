@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import celery
+import kubernetes
 import pytest
 import redis
 
+from celery_operator.kube import Kube, KubeError
 from devcluster import images
 from tests.helpers.devcluster import DevCluster, own_cluster
 from tests.helpers.taskqueues import TaskQueues
@@ -95,8 +97,10 @@ def install_chart(devcluster: DevCluster, *values: str) -> None:
     devcluster.kubectl("create", "namespace", RELEASE_NAMESPACE)
     # --wait: the Deployment's pod is Ready, i.e. the readiness probe reached the operator's /healthz.
     # The images are the ones built here (nothing is pulled); otherwise the chart's defaults.
+    # The tests send tasks and read queues from the host: the brokers' NetworkPolicies let the node network in.
     devcluster.helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "120s",
-                    "--set", "config.resyncSeconds=2", *images.operator_chart_values(), *values, timeout=180)
+                    "--set", "config.resyncSeconds=2", "--set", f"config.sourceCidrs={devcluster.node_network}",
+                    *images.operator_chart_values(), *values, timeout=180)
 
 
 def ready_pods(tqs: TaskQueues, selector: str) -> list[Any]:
@@ -150,6 +154,40 @@ def assert_no_denials(devcluster: DevCluster) -> list[Request]:
     return requests
 
 
+def assert_the_policy_confines_the_operator(devcluster: DevCluster, tqs: TaskQueues, worker_pod: str) -> None:
+    """The chart's admission policy (on by default): the operator's ServiceAccount, which RBAC lets
+    write any Deployment or Secret, is refused one that is not its own, and a label edit of its own
+    worker pod. Requests made through the operator's client impersonating that ServiceAccount (the
+    audit log files them under the impersonating admin, so assert_no_denials does not count them)."""
+    policy = "op-celery-operator-own-children-only"
+    assert devcluster.kubectl("get", "validatingadmissionpolicybinding", policy, "-o", "name").stdout.strip()
+    devcluster.kubectl("create", "deployment", "theirs", "-n", tqs.namespace, "--image=sample-app", "--replicas=0")
+    devcluster.kubectl("create", "secret", "generic", "theirs", "-n", tqs.namespace, "--from-literal=token=x")
+    api = devcluster.api_client()
+    api.set_default_header("Impersonate-User", SERVICE_ACCOUNT)
+    kube = Kube(api)
+    writes = {
+        "apply to a Deployment not ours": lambda: kube.apply(
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "theirs", "namespace": tqs.namespace},
+             "spec": {"replicas": 3}}, "celery-operator"),
+        "delete a Secret not ours": lambda: kube.delete("v1", "Secret", tqs.namespace, "theirs"),
+        "label our worker pod": lambda: kube._call(
+            "PATCH", f"/api/v1/namespaces/{tqs.namespace}/pods/{worker_pod}",
+            body={"metadata": {"labels": {"celery-operator.dev/queue": "elsewhere"}}},
+            content_type="application/merge-patch+json"),
+    }
+    try:
+        for what, write in writes.items():
+            with pytest.raises(KubeError) as refused:
+                write()
+            assert refused.value.status == 403 and f"ValidatingAdmissionPolicy '{policy}'" in str(refused.value), \
+                f"{what}: {refused.value}"
+    finally:
+        kube.close()
+    assert tqs.core.read_namespaced_secret("theirs", tqs.namespace)
+    assert tqs.apps.read_namespaced_deployment("theirs", tqs.namespace).spec.replicas == 0
+
+
 def test_cluster_wide_chart_runs_the_example_without_a_denied_request(chart_cluster: DevCluster) -> None:
     install_chart(chart_cluster)
     chart_cluster.kubectl("create", "namespace", "shop")
@@ -179,10 +217,16 @@ def test_cluster_wide_chart_runs_the_example_without_a_denied_request(chart_clus
                                  f"{diagnostics(chart_cluster, tqs, 'shop')}") from None
         # that worker, or its replacement if the operator found it stuck (a hang seen here at start)
         assert json.loads(entry)["hostname"].startswith("low_priority@shop-worker-low-priority-")
+        assert_the_policy_confines_the_operator(chart_cluster, tqs, worker.metadata.name)
 
-        # the operator pod runs the operator image, as its image's non-root user, with a projected token
-        [operator_pod] = tqs.core.list_namespaced_pod(
+        # the operator pods (two: the Lease's holder acts, tests/e2e/test_operator_ha.py) run the
+        # operator image, as its image's non-root user, with a projected token
+        operator_pods = tqs.core.list_namespaced_pod(
             RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=operator").items
+        assert len(operator_pods) == 2
+        lease = kubernetes.client.CoordinationV1Api(tqs.api_client).read_namespaced_lease(
+            "op-celery-operator", RELEASE_NAMESPACE)
+        [operator_pod] = [p for p in operator_pods if p.metadata.name == lease.spec.holder_identity]
         assert operator_pod.spec.containers[0].image == images.build_images(["operator"])["operator"].reference
         assert operator_pod.status.container_statuses[0].image_id
         assert any(v.projected and any(s.service_account_token for s in v.projected.sources)
@@ -250,7 +294,9 @@ def test_namespaced_chart_reconciles_its_namespace_and_never_touches_another(cha
     requests = assert_no_denials(chart_cluster)
     assert not [r for r in requests if r.namespace == "team-b"], "the operator never even asked about team-b"
     namespaces = {r.namespace for r in requests}
-    assert namespaces == {"team-a", None}, namespaces
+    assert namespaces == {"team-a", RELEASE_NAMESPACE, None}, namespaces
+    assert {r.resource for r in requests if r.namespace == RELEASE_NAMESPACE} == {
+        "leases.coordination.k8s.io"}, "in its own namespace, the operator touches only its Lease"
     cluster_wide = {(r.verb, r.resource) for r in requests if r.namespace is None and not r.resource.startswith("/")}
     # kopf's cluster-scoped reads in this mode: namespace names (to match --namespace) and CRDs
     assert cluster_wide <= {("list", "namespaces"), ("watch", "namespaces"),
@@ -275,7 +321,7 @@ def test_crds_applied_after_the_operator_started_are_picked_up(chart_cluster: De
         tqs.close()
     assert_no_denials(chart_cluster)
     restarts = json.loads(chart_cluster.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
-    assert [s["restartCount"] for p in restarts["items"] for s in p["status"]["containerStatuses"]] == [0]
+    assert [s["restartCount"] for p in restarts["items"] for s in p["status"]["containerStatuses"]] == [0, 0]
 
 
 def test_crds_are_picked_up_even_when_the_operator_may_not_watch_them(chart_cluster: DevCluster) -> None:

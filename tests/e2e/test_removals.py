@@ -37,6 +37,17 @@ def _container(child: Child) -> dict[str, Any]:
     return _pod(child)["containers"][0]
 
 
+def _default_resources(child: Child) -> bool:
+    """The container's resources are the builder's default (requests only, or the broker's with its limit)."""
+    resources = _container(child).get("resources") or {}
+    return resources.get("requests", {}).get("cpu") in {"10m", "50m"} and "memory" in resources.get("requests", {})
+
+
+def _maxmemory(child: Child) -> str:
+    args = _container(child)["args"]
+    return args[args.index("--maxmemory") + 1]
+
+
 def _env_names(child: Child) -> set[str]:
     return {item["name"] for item in _container(child).get("env", [])}
 
@@ -72,17 +83,23 @@ STEPS: list[tuple[str, Callable[[dict[str, Any]], None], set[str], Callable[[str
      lambda _, c: "cost-centre" not in (c["spec"]["template"]["metadata"].get("annotations") or {})),
     ("pod.tolerations", _drop("pod.tolerations"), POD_TEMPLATE_USERS, lambda _, c: "tolerations" not in _pod(c)),
     ("serviceAccountName", _drop("serviceAccountName"), POD_TEMPLATE_USERS,
-     lambda _, c: not {"serviceAccountName", "serviceAccount"} & set(_pod(c))),
-    ("workers.resources", _drop("workers.resources"), {WORKER_A}, lambda _, c: not _container(c).get("resources")),
+     lambda _, c: not {"serviceAccountName", "serviceAccount"} & set(_pod(c))
+     and _pod(c)["automountServiceAccountToken"] is False),
+    ("workers.resources", _drop("workers.resources"), {WORKER_A}, _default_resources),
     ("workers.extraArgs", _drop("workers.extraArgs"), {WORKER_A},
      lambda _, c: "--max-memory-per-child" not in _container(c)["command"]),
     ("a whole queue's overrides", _drop_queue_overrides, {WORKER_B},
-     lambda _, c: not _container(c).get("resources") and "fair" not in _container(c)["command"]
+     lambda _, c: _default_resources(c) and "fair" not in _container(c)["command"]
      and _container(c)["command"][_container(c)["command"].index("--concurrency") + 1] == "2"),
     ("broker.managed.resources", _drop("broker.managed.resources"), {BROKER},
-     lambda _, c: not _container(c).get("resources")),
-    ("beat.resources", _drop("beat.resources"), {BEAT}, lambda _, c: not _container(c).get("resources")),
-    ("flower.resources", _drop("flower.resources"), {FLOWER}, lambda _, c: not _container(c).get("resources")),
+     lambda _, c: _container(c)["resources"]["limits"] == {"memory": "256Mi"}),
+    ("broker.managed.maxMemory", _drop("broker.managed.maxMemory"), {BROKER},
+     lambda _, c: _maxmemory(c) == str(256 * 1024 * 1024 * 80 // 100)),
+    ("beat.resources", _drop("beat.resources"), {BEAT}, _default_resources),
+    ("flower.resources", _drop("flower.resources"), {FLOWER}, _default_resources),
+    ("flower.env", _drop("flower.env"), {FLOWER}, lambda _, c: "FLOWER_PURGE_OFFLINE_WORKERS" not in _env_names(c)),
+    ("flower.extraArgs", _drop("flower.extraArgs"), {FLOWER},
+     lambda _, c: "--max_tasks=5000" not in _container(c)["command"]),
     ("pod.nodeSelector", _drop("pod.nodeSelector"), POD_TEMPLATE_USERS, lambda _, c: "nodeSelector" not in _pod(c)),
     ("pod.affinity", _drop("pod.affinity"), POD_TEMPLATE_USERS, lambda _, c: "affinity" not in _pod(c)),
 ]
@@ -117,7 +134,7 @@ def _pass_done(tqs: TaskQueues) -> bool:
 def test_each_removal_reaches_its_children_and_nothing_else(tqs: TaskQueues) -> None:
     spec = {**every_removable_field(), "queues": copy.deepcopy(QUEUES)}
     tqs.apply(taskqueue(NAME, **spec))
-    wait_for(lambda: len(_children(tqs)) == 8 and _pass_done(tqs), 60, "every child of the full spec")
+    wait_for(lambda: len(_children(tqs)) == 9 and _pass_done(tqs), 60, "every child of the full spec")
     before = {key: _fingerprint(child) for key, child in _children(tqs).items()}
 
     for removed, edit, expected, shows_removal in STEPS:
@@ -137,7 +154,8 @@ def test_each_removal_reaches_its_children_and_nothing_else(tqs: TaskQueues) -> 
 
     del spec["flower"]
     tqs.apply(taskqueue(NAME, **spec))
-    children = wait_for(lambda: (c := _children(tqs)) and FLOWER not in c and "Service/rm-flower" not in c
-                        and _pass_done(tqs) and c, 30, "Flower's Deployment and Service to go")
+    flowers = (FLOWER, "Service/rm-flower", "Secret/rm-flower")  # the Secret: its generated login
+    children = wait_for(lambda: (c := _children(tqs)) and not set(flowers) & set(c)
+                        and _pass_done(tqs) and c, 30, "Flower's Deployment, Service and Secret to go")
     after = {key: _fingerprint(child) for key, child in children.items()}
-    assert after == {key: value for key, value in before.items() if key not in (FLOWER, "Service/rm-flower")}
+    assert after == {key: value for key, value in before.items() if key not in flowers}

@@ -41,6 +41,12 @@ class DevCluster:
         return self.handle.state().apiserver_ip
 
     @property
+    def node_network(self) -> str:
+        """The bridge's subnet: the host and every node. Connections of the host to pods arrive
+        from here (from the host's address, or masqueraded to a node's by kube-proxy)."""
+        return self.handle.state().node_cidr
+
+    @property
     def pod_network(self) -> str:
         return self.handle.state().pod_network
 

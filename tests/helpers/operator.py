@@ -73,6 +73,9 @@ def start_operator(cluster: DevCluster, log: Path, extra_env: dict[str, str] | N
     health_url = f"http://127.0.0.1:{port}/healthz"
     env = {**cluster.env(), **local_image_settings(), "CELERY_OPERATOR_RESYNC_SECONDS": "1", "PYTHONUNBUFFERED": "1",
            "CELERY_OPERATOR_METRICS_PORT": str(metrics_port), "CELERY_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
+           # this process connects to the TaskQueues' Redis from the host: their NetworkPolicies let
+           # the node network in (so do the tests that send tasks or read queues from the host)
+           "CELERY_OPERATOR_SOURCE_CIDRS": cluster.node_network,
            **(extra_env or {})}
     handle = log.open("w")
     process = subprocess.Popen(

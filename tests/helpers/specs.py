@@ -18,10 +18,12 @@ _REMOVABLE: dict[str, Any] = {
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["nowhere"]}]}]}}},
     },
-    "broker": {"managed": {"resources": {"requests": {"memory": "64Mi"}}}},
+    "broker": {"managed": {"resources": {"requests": {"memory": "64Mi"}}, "maxMemory": "48Mi"}},
     "workers": {"resources": {"requests": {"cpu": "100m"}}, "extraArgs": ["--max-memory-per-child", "200000"]},
     "beat": {"scheduler": "myproject.schedulers:Nothing", "resources": {"requests": {"cpu": "10m"}}},
-    "flower": {"enabled": True, "resources": {"requests": {"cpu": "20m"}}},
+    "flower": {"enabled": True, "resources": {"requests": {"cpu": "20m"}},
+               "env": [{"name": "FLOWER_PURGE_OFFLINE_WORKERS", "value": "60"}], "extraArgs": ["--max_tasks=5000"],
+               "allowFrom": [{"namespaceSelector": {"matchLabels": {"team": "ops"}}}]},
 }
 # queue a takes the workers' defaults, queue b overrides some of them
 QUEUES: list[dict[str, Any]] = [

@@ -92,6 +92,7 @@ class TaskQueues(CustomResources):
             ("Service", self.core.list_namespaced_service),
             ("Secret", self.core.list_namespaced_secret),
             ("PersistentVolumeClaim", self.core.list_namespaced_persistent_volume_claim),
+            ("NetworkPolicy", kubernetes.client.NetworkingV1Api(self.api_client).list_namespaced_network_policy),
         ):
             for item in listing(self.namespace, label_selector=selector).items:
                 versions[f"{kind}/{item.metadata.name}"] = item.metadata.resource_version

@@ -430,7 +430,7 @@ def test_desired_children_include_the_beat_only_when_asked() -> None:
     without = by_name(builders.desired_children(OWNER, spec, images=IMAGES))
     assert ("Deployment", "shop-beat") not in without
     with_beat = by_name(builders.desired_children(OWNER, spec, images=IMAGES, beat=BeatOptions(custom=False)))
-    assert set(with_beat) - set(without) == {("Deployment", "shop-beat")}
+    assert set(with_beat) - set(without) == {("Deployment", "shop-beat"), ("NetworkPolicy", "shop-beat")}
 
 
 # --- status pieces --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.unit
 
 OWNER = ObjectIdentity(name="shop", namespace="prod", uid="11111111-2222-3333-4444-555555555555", generation=3)
 PASSWORD = "Zq8nC1pW0rD-not-in-manifests"
+FLOWER_PASSWORD = "fl0wer-Pw-not-in-manifests"
 EXTERNAL_URL = "rediss://:ext-pa55word@redis.example.com:6380/2"
 IMAGES = builders.DefaultImages(beat="ghcr.io/celery-operator/celery-operator:0.1.0", redis="redis:7.4-alpine",
                                 flower="mher/flower:2.0")
@@ -278,7 +279,9 @@ def test_managed_redis_without_persistence() -> None:
     assert redis["args"] == [
         "--port", "6379", "--bind", "$(POD_IP)", "--requirepass", "$(REDIS_PASSWORD)",
         "--notify-keyspace-events", "Kl", "--save", "", "--appendonly", "no",
+        "--maxmemory", str(256 * 1024 * 1024 * 80 // 100), "--maxmemory-policy", "noeviction",
     ]
+    assert redis["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
     assert env_by_name(redis) == {
         "POD_IP": {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         "REDIS_PASSWORD": {"name": "REDIS_PASSWORD", "valueFrom": {
@@ -315,7 +318,8 @@ def test_managed_redis_with_persistence() -> None:
     deployment = manifests[("Deployment", "shop-broker")]
     redis = container(deployment)
     assert redis["image"] == "redis:7.2"
-    assert redis["args"][-2:] == ["--appendonly", "yes"]
+    assert redis["args"][-6:] == ["--appendonly", "yes", "--maxmemory", str(256 * 1024 * 1024 * 80 // 100),
+                                  "--maxmemory-policy", "noeviction"]
     assert "--save" not in redis["args"] and "--dir" not in redis["args"]
     assert redis["resources"] == {"limits": {"memory": "256Mi"}}
     assert deployment["spec"]["template"]["spec"]["volumes"] == [
@@ -338,7 +342,7 @@ def test_flower_only_when_enabled() -> None:
 
 def test_flower() -> None:
     spec = parse(flower={"enabled": True, "resources": {"requests": {"cpu": "50m"}}})
-    manifests = by_key(build_flower(OWNER, spec, IMAGES.flower))
+    manifests = by_key(build_flower(OWNER, spec, IMAGES.flower, password=FLOWER_PASSWORD))
     deployment = manifests[("Deployment", "shop-flower")]
     flower = container(deployment)
     assert flower["image"] == "mher/flower:2.0"
@@ -362,9 +366,9 @@ def test_flower() -> None:
 def all_variants() -> list[tuple[TaskQueueSpec, dict[str, str]]]:
     return [
         (parse(flower={"enabled": True}, broker={"managed": {"persistence": {"size": "1Gi"}}}),
-         {"broker_password": PASSWORD}),
+         {"broker_password": PASSWORD, "flower_password": FLOWER_PASSWORD}),
         (parse(broker={"urlSecretRef": {"name": "ext", "key": "url"}}, flower={"enabled": True}),
-         {"external_broker_url": EXTERNAL_URL}),
+         {"external_broker_url": EXTERNAL_URL, "flower_password": FLOWER_PASSWORD}),
     ]
 
 
@@ -373,11 +377,15 @@ def test_desired_children_for_a_managed_broker() -> None:
     children = builders.desired_children(OWNER, spec, images=IMAGES, **arguments)
     assert [child_key(c) for c in children] == [
         ("v1", "Secret", "shop-broker"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "shop-broker"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "shop-workers"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "shop-flower"),
         ("apps/v1", "Deployment", "shop-broker"),
         ("v1", "Service", "shop-broker"),
         ("v1", "PersistentVolumeClaim", "shop-broker"),
         ("apps/v1", "Deployment", "shop-worker-high-priority"),
         ("apps/v1", "Deployment", "shop-worker-low-priority"),
+        ("v1", "Secret", "shop-flower"),
         ("apps/v1", "Deployment", "shop-flower"),
         ("v1", "Service", "shop-flower"),
     ]
@@ -388,8 +396,9 @@ def test_desired_children_for_an_external_broker_have_no_redis() -> None:
     children = builders.desired_children(OWNER, spec, images=IMAGES, **arguments)
     names = {(c["kind"], c["metadata"]["name"]) for c in children}
     assert names == {("Secret", "shop-broker"), ("Deployment", "shop-worker-high-priority"),
-                     ("Deployment", "shop-worker-low-priority"), ("Deployment", "shop-flower"),
-                     ("Service", "shop-flower")}
+                     ("Deployment", "shop-worker-low-priority"), ("Secret", "shop-flower"),
+                     ("Deployment", "shop-flower"), ("Service", "shop-flower"),
+                     ("NetworkPolicy", "shop-workers"), ("NetworkPolicy", "shop-flower")}
 
 
 @pytest.mark.parametrize("variant", [0, 1])
@@ -411,14 +420,14 @@ def test_every_child_is_labelled_and_owned(variant: int) -> None:
             template_labels = child["spec"]["template"]["metadata"]["labels"]
             assert child["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
             assert labels.items() <= template_labels.items()
-        if labels["app.kubernetes.io/component"] == "worker":
+        if labels["app.kubernetes.io/component"] == "worker" and child["kind"] != "NetworkPolicy":  # one for all
             assert labels["celery-operator.dev/queue"] in {"high-priority", "low-priority"}
 
 
 @pytest.mark.parametrize("variant", [0, 1])
 def test_broker_url_and_password_appear_only_in_the_secret_data(variant: int) -> None:
     spec, arguments = all_variants()[variant]
-    secrets = {PASSWORD, EXTERNAL_URL, "ext-pa55word",
+    secrets = {PASSWORD, EXTERNAL_URL, "ext-pa55word", FLOWER_PASSWORD,
                managed_broker_url("shop", "prod", PASSWORD)}
     for child in builders.desired_children(OWNER, spec, images=IMAGES, **arguments):
         text = json.dumps(child)
@@ -431,7 +440,7 @@ def test_broker_url_and_password_appear_only_in_the_secret_data(variant: int) ->
 def test_children_are_fresh_on_every_call() -> None:
     spec, arguments = all_variants()[0]
     first = builders.desired_children(OWNER, spec, images=IMAGES, **arguments)
-    first[4]["spec"]["template"]["spec"]["containers"][0]["env"].clear()
+    by_key(first)[("Deployment", "shop-worker-high-priority")]["spec"]["template"]["spec"]["containers"][0]["env"].clear()
     assert builders.desired_children(OWNER, spec, images=IMAGES, **arguments) != first
 
 
@@ -451,7 +460,8 @@ def test_operator_wide_images_apply_unless_the_taskqueue_names_its_own() -> None
     own = parse(flower={"enabled": True, "image": "acme/flower:9"}, broker={"managed": {"image": "acme/redis:8"}})
 
     def images_of(spec: TaskQueueSpec) -> dict[str, str]:
-        children = builders.desired_children(OWNER, spec, images=images, broker_password=PASSWORD)
+        children = builders.desired_children(OWNER, spec, images=images, broker_password=PASSWORD,
+                                             flower_password=FLOWER_PASSWORD)
         return {c["metadata"]["name"]: container(c)["image"] for c in children if c["kind"] == "Deployment"
                 and c["metadata"]["name"] in ("shop-broker", "shop-flower")}
 

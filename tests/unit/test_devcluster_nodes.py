@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devcluster import addons, build, network, nodes
+from devcluster import addons, build, kuberouter, network, nodes
 
 pytestmark = pytest.mark.unit
 
@@ -98,3 +98,22 @@ def test_helm_assumes_the_pinned_kubernetes_without_a_cluster() -> None:
     flags = build._helm_ldflags()
     assert "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=35" in flags
     assert "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1" in flags
+
+
+def test_kube_router_runs_the_firewall_alone_in_the_node_namespace(tmp_path: Path) -> None:
+    node = _node(tmp_path, 2)
+    line = nodes.command_lines(node, tmp_path / "bin")["kube-router"]
+    assert line[:2] == ["nsenter", f"--net={node.netns_path}"]
+    assert {"--run-firewall=true", "--run-router=false", "--run-service-proxy=false"} <= set(line)
+    assert f"--hostname-override={node.name}" in line
+    assert f"--service-cluster-ip-range={NET.service_cidr}" in line
+    assert f"--kubeconfig={node.router_kubeconfig}" in line
+
+
+def test_kube_router_may_read_what_its_policy_controller_watches() -> None:
+    role, binding = kuberouter.rbac_manifests()
+    granted = {(group, resource) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] if set(rule["verbs"]) == {"get", "list", "watch"}}
+    assert {("", "pods"), ("", "namespaces"), ("", "nodes"), ("networking.k8s.io", "networkpolicies")} <= granted
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": kuberouter.USER}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]

@@ -37,7 +37,8 @@ def _key(manifest: dict[str, Any]) -> str:
 def _children(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     parsed = parse_taskqueue_spec(spec)
     beat = BeatOptions(custom=True) if parsed.beat.custom_scheduler else None
-    children = builders.desired_children(OWNER, parsed, images=IMAGES, broker_password=PASSWORD, beat=beat)
+    children = builders.desired_children(OWNER, parsed, images=IMAGES, broker_password=PASSWORD, beat=beat,
+                                         flower_password="flower-password")
     return {_key(m): drift.stamped(m) for m in children}
 
 
@@ -92,6 +93,10 @@ REMOVALS = {
     "broker.managed.resources": (_without("broker.managed.resources"), {"Deployment/shop-broker"}),
     "beat.resources": (_without("beat.resources"), BEAT),
     "flower.resources": (_without("flower.resources"), FLOWER),
+    "flower.env": (_without("flower.env"), FLOWER),
+    "flower.extraArgs": (_without("flower.extraArgs"), FLOWER),
+    "broker.managed.maxMemory": (_without("broker.managed.maxMemory"), {"Deployment/shop-broker"}),
+    "flower.allowFrom": (_without("flower.allowFrom"), {"NetworkPolicy/shop-flower"}),
 }
 
 
@@ -120,7 +125,8 @@ def test_a_removal_reaches_exactly_the_children_built_from_it(removal: str) -> N
 def test_turning_flower_off_removes_its_children_and_touches_nothing_else() -> None:
     before = _children(EVERYTHING)
     after = _children({**EVERYTHING, "flower": {"enabled": False}})
-    assert set(before) - set(after) == {"Deployment/shop-flower", "Service/shop-flower"}
+    assert set(before) - set(after) == {"Deployment/shop-flower", "Service/shop-flower", "Secret/shop-flower",
+                                        "NetworkPolicy/shop-flower"}
     live = {key: _as_served(manifest) for key, manifest in before.items()}
     assert {key for key, manifest in after.items() if drift.needs_apply(manifest, live[key])} == set()
 

@@ -100,6 +100,10 @@ this chart (tests/e2e/test_chart_rbac.py) and from operator/celery_operator/kube
 - apiGroups: [""]
   resources: ["services", "secrets", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# NetworkPolicies: the TaskQueue's own (spec.networkPolicy), handled as the children above.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The scaler sets the replicas of autoscaled worker Deployments through the scale subresource,
 # under its own field manager.
 - apiGroups: ["apps"]

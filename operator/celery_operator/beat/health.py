@@ -36,9 +36,11 @@ class Health:
 class Liveness:
     """When the loop promised to report next. Written by the loop's thread, read by the server's."""
 
-    def __init__(self, allowance: float = ALLOWANCE_SECONDS, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, allowance: float = ALLOWANCE_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 subject: str = "the beat's loop"):
         self.allowance = allowance
         self.clock = clock
+        self.subject = subject  # whose loop, in the answer (the operator's standby uses it too)
         self._due = clock()  # a loop that never finishes its first round is wedged too
 
     def progressed(self, back_within: float = 0.0) -> None:
@@ -48,9 +50,9 @@ class Liveness:
     def health(self) -> Health:
         overdue = self.clock() - self._due
         if overdue > self.allowance:
-            return Health(False, f"wedged: the beat's loop is {overdue:.1f} s overdue "
+            return Health(False, f"wedged: {self.subject} is {overdue:.1f} s overdue "
                                   f"(allowed {self.allowance:.0f} s)")
-        return Health(True, "ok: the beat's loop goes round")
+        return Health(True, f"ok: {self.subject} goes round")
 
 
 def _handler(liveness: Liveness) -> type[BaseHTTPRequestHandler]:

@@ -13,7 +13,7 @@ from .arrivals import ArrivalWatcher
 from .control import busy_workers
 from .depth import DepthReader, QueueDepth, depth_reader_for
 from .heartbeats import HeartbeatMonitor, QueueActivity, WorkerState
-from .probe import probe
+from .probe import ProbeResult, probe
 from .urls import is_redis_url, redact
 
 
@@ -73,8 +73,8 @@ class BrokerRegistry:
         self._url_of_user: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def probe(self, url: str) -> str | None:
-        """None when the broker answers, else why not."""
+    def probe(self, url: str) -> ProbeResult:
+        """Whether the broker answers (else why not), and a Redis broker's memory."""
         return probe(url, self._timeout)
 
     def session(self, user: str, url: str) -> BrokerSession:

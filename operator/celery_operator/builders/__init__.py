@@ -13,6 +13,7 @@ from .beat import BeatOptions, beat_state_url, build_beat
 from .broker import build_managed_broker
 from .common import DefaultImages, Manifest
 from .flower import build_flower
+from .networkpolicy import OperatorSource, build_network_policies
 from .secret import broker_url, build_broker_secret
 from .worker import build_worker_deployments
 
@@ -25,21 +26,30 @@ def desired_children(
     broker_password: str | None = None,
     external_broker_url: str | None = None,
     beat: BeatOptions | None = None,
+    flower_password: str | None = None,
+    operator_source: OperatorSource = OperatorSource(),
 ) -> list[Manifest]:
     """Every child the TaskQueue should have now, in a sensible apply order (Secret first).
 
     `broker_password` is required for a managed broker, `external_broker_url` for a urlSecretRef
-    broker (the value read from the user's Secret); see `build_broker_secret`.
+    broker (the value read from the user's Secret); see `build_broker_secret`. `flower_password`
+    is required when Flower's login is generated (`spec.flower.generated_password`).
+    `operator_source` is where the operator connects from, for the NetworkPolicies of its Redis.
     """
     children = [
         build_broker_secret(owner, spec.broker, password=broker_password, external_url=external_broker_url)
     ]
+    # the policies before the pods they guard, so that no pod of the TaskQueue starts open
+    children += build_network_policies(
+        owner, spec, operator_source, beat=beat is not None,
+        beat_state=beat is not None and not beat.custom and beat.state == "managed")
     if spec.broker.managed is not None:
         children += build_managed_broker(owner, spec.broker.managed, images.redis)
     children += build_worker_deployments(owner, spec)
-    children += build_flower(owner, spec, images.flower)
+    children += build_flower(owner, spec, images.flower, password=flower_password)
     children += build_beat(owner, spec, beat, images)
     return children
 
 
-__all__ = ["BeatOptions", "DefaultImages", "Manifest", "beat_state_url", "broker_url", "desired_children"]
+__all__ = ["BeatOptions", "DefaultImages", "Manifest", "OperatorSource", "beat_state_url", "broker_url",
+           "desired_children"]

@@ -29,7 +29,6 @@ exec probes cost seconds of CPU.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -38,6 +37,7 @@ from ..models import ObjectIdentity, TaskQueueSpec
 from .broker import build_redis_deployment
 from .common import (
     BROKER_URL_ENV,
+    DEFAULT_BEAT_RESOURCES,
     DefaultImages,
     Manifest,
     broker_url_env_var,
@@ -46,6 +46,7 @@ from .common import (
     cluster_ip_service,
     deployment,
     object_meta,
+    resources_or_default,
     restricted_container_security_context,
     secret_env_var,
 )
@@ -60,6 +61,9 @@ BEAT_HEALTH_PORT_NAME: Final = "health"
 BEAT_HEALTH_PATH: Final = "/healthz"  # beat/health.py's HEALTH_PATH (builders import no beat code)
 # A beat the probe found wedged or frozen will not stop by itself: no point waiting 30 s for it.
 BEAT_LIVENESS_GRACE_PERIOD_SECONDS: Final = 5
+
+# The schedule-state Redis holds a few keys per PeriodicJob: requests keep it off BestEffort.
+BEAT_STATE_RESOURCES: Final = {"requests": {"cpu": "10m", "memory": "32Mi"}}
 
 StateRedis = Literal["broker", "managed"]  # which Redis holds the schedule state
 
@@ -127,8 +131,7 @@ def _own_beat_container(owner: ObjectIdentity, spec: TaskQueueSpec, options: Bea
         "ports": [{"name": BEAT_HEALTH_PORT_NAME, "containerPort": BEAT_HEALTH_PORT, "protocol": "TCP"}],
         "livenessProbe": beat_liveness_probe(),
     }
-    if spec.beat.resources:
-        container["resources"] = copy.deepcopy(dict(spec.beat.resources))
+    container["resources"] = resources_or_default(spec.beat.resources, DEFAULT_BEAT_RESOURCES)
     container["securityContext"] = restricted_container_security_context(read_only_root_filesystem=True)
     return container
 
@@ -142,7 +145,8 @@ def build_beat_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, options: B
     if options.custom:
         container = celery_container(
             spec, taskqueue=owner.name, name=BEAT_CONTAINER,
-            command=custom_beat_command(spec.app, spec.beat.scheduler), resources=spec.beat.resources,
+            command=custom_beat_command(spec.app, spec.beat.scheduler),
+            resources=resources_or_default(spec.beat.resources, DEFAULT_BEAT_RESOURCES),
         )
         template = celery_pod_template(spec, owner=owner, component=naming.BEAT, containers=[container])
     else:
@@ -184,8 +188,8 @@ def build_beat_state(owner: ObjectIdentity, password: str, redis_image: str) -> 
     name = naming.beat_state_name(owner.name)
     return [
         build_beat_state_secret(owner, password),
-        build_redis_deployment(owner, image=redis_image, resources={}, name=name, component=naming.BEAT,
-                               append_only=True, beat_role=naming.BEAT_ROLE_STATE),
+        build_redis_deployment(owner, image=redis_image, resources=BEAT_STATE_RESOURCES, name=name,
+                               component=naming.BEAT, append_only=True, beat_role=naming.BEAT_ROLE_STATE),
         cluster_ip_service(owner, name=name, component=naming.BEAT, port=naming.REDIS_PORT, port_name="redis",
                            beat_role=naming.BEAT_ROLE_STATE),
     ]

@@ -3,6 +3,13 @@
 Redis binds the pod IP rather than 0.0.0.0: on the local test cluster every pod shares the host
 network with a loopback address of its own, so two brokers must not both claim 0.0.0.0:6379.
 The password reaches redis-server through $(REDIS_PASSWORD) from the Secret, never in the manifest.
+
+Memory: the broker gets requests and a memory limit by default, and Redis a `maxmemory` below that
+limit (MAX_MEMORY_PERCENT of it, or broker.managed.maxMemory) with `maxmemory-policy noeviction`. A full
+broker then answers writes with an OOM error (producers see it) and keeps every message it holds;
+without it the kernel would OOM-kill Redis at the limit, and an emptyDir broker would lose its queues.
+The rest of the limit is headroom for what `maxmemory` does not count (allocator fragmentation,
+the fork of an AOF rewrite).
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from typing import Any, Final
+
+from kubernetes.utils.quantity import parse_quantity
 
 from .. import naming
 from ..models import ManagedBroker, ObjectIdentity
@@ -28,9 +37,27 @@ REDIS_USER_ID: Final = 999  # the `redis` user of the official image
 REDIS_PASSWORD_ENV: Final = "REDIS_PASSWORD"
 DATA_VOLUME: Final = "data"
 DATA_DIR: Final = "/data"  # the official image's working directory, where dump and AOF files go
+DEFAULT_BROKER_RESOURCES: Final = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+MAX_MEMORY_PERCENT: Final = 80  # of the container's memory limit, when broker.managed.maxMemory is not set
 
 
-def redis_args(persistent: bool) -> list[str]:
+def broker_resources(managed: ManagedBroker) -> dict[str, Any]:
+    """broker.managed.resources, or the default when it sets nothing (it replaces the default whole)."""
+    return copy.deepcopy(dict(managed.resources or DEFAULT_BROKER_RESOURCES))
+
+
+def broker_max_memory_bytes(managed: ManagedBroker) -> int | None:
+    """Redis maxmemory: broker.managed.maxMemory, else MAX_MEMORY_PERCENT of the memory limit; None
+    without either (Redis' own default: no limit)."""
+    if managed.max_memory is not None:
+        return int(parse_quantity(managed.max_memory))
+    limit = (broker_resources(managed).get("limits") or {}).get("memory")
+    if limit is None:
+        return None
+    return int(parse_quantity(limit) * MAX_MEMORY_PERCENT / 100)
+
+
+def redis_args(persistent: bool, max_memory_bytes: int | None = None) -> list[str]:
     args = [
         "--port", str(naming.REDIS_PORT),
         "--bind", f"$({POD_IP_ENV})",
@@ -42,6 +69,8 @@ def redis_args(persistent: bool) -> list[str]:
         args += ["--appendonly", "yes"]
     else:
         args += ["--save", "", "--appendonly", "no"]
+    if max_memory_bytes is not None:
+        args += ["--maxmemory", str(max_memory_bytes), "--maxmemory-policy", "noeviction"]
     return args
 
 
@@ -55,6 +84,7 @@ def build_redis_deployment(
     append_only: bool,
     claim_name: str | None = None,
     beat_role: str | None = None,
+    max_memory_bytes: int | None = None,
 ) -> Manifest:
     """A password-protected Redis Deployment `name`; its password is key `password` of Secret `name`.
 
@@ -66,7 +96,7 @@ def build_redis_deployment(
         "name": "redis",
         "image": image,
         "command": ["redis-server"],
-        "args": redis_args(append_only),
+        "args": redis_args(append_only, max_memory_bytes),
         "env": [
             pod_ip_env_var(),
             secret_env_var(REDIS_PASSWORD_ENV, name, naming.BROKER_SECRET_PASSWORD_KEY),
@@ -108,9 +138,10 @@ def build_redis_deployment(
 def build_broker_deployment(owner: ObjectIdentity, managed: ManagedBroker, default_image: str) -> Manifest:
     name = naming.broker_name(owner.name)
     persistent = managed.persistence is not None
-    return build_redis_deployment(owner, image=managed.image or default_image, resources=managed.resources, name=name,
-                                  component=naming.BROKER, append_only=persistent,
-                                  claim_name=name if persistent else None)
+    return build_redis_deployment(owner, image=managed.image or default_image, resources=broker_resources(managed),
+                                  name=name, component=naming.BROKER, append_only=persistent,
+                                  claim_name=name if persistent else None,
+                                  max_memory_bytes=broker_max_memory_bytes(managed))
 
 
 def build_broker_service(owner: ObjectIdentity) -> Manifest:

@@ -22,6 +22,19 @@ RESULT_BACKEND_ENV: Final = naming.RESULT_BACKEND_ENV
 POD_IP_ENV: Final = "POD_IP"
 
 
+# Requests (no limits) where a spec's `resources` is empty: the pods are Burstable, not BestEffort (the
+# first evicted under node pressure), and the scheduler counts them; a spec's `resources` replaces these
+# as a whole. Small, so that a laptop cluster still fits many workers.
+DEFAULT_WORKER_RESOURCES: Final = {"requests": {"cpu": "50m", "memory": "128Mi"}}
+DEFAULT_BEAT_RESOURCES: Final = {"requests": {"cpu": "10m", "memory": "64Mi"}}
+DEFAULT_FLOWER_RESOURCES: Final = {"requests": {"cpu": "10m", "memory": "64Mi"}}
+
+
+def resources_or_default(resources: Mapping[str, Any], default: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's resources when it sets any, else the default: a copy either way."""
+    return copy.deepcopy(dict(resources or default))
+
+
 @dataclass(frozen=True)
 class DefaultImages:
     """The images the operator runs where a TaskQueue names none (the operator's settings)."""
@@ -129,7 +142,8 @@ def celery_container(
     command: Sequence[str],
     resources: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """A container running the user's image with the user's env and the broker URL."""
+    """A container running the user's image with the user's env and the broker URL; `resources`
+    are the effective ones (the spec's or a default)."""
     container: dict[str, Any] = {"name": name, "image": spec.image}
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
@@ -170,6 +184,10 @@ def celery_pod_template(
         # and its deprecated alias, which the API server fills in from it: owning both is what lets a
         # removal of spec.serviceAccountName remove them (else the alias restores the name)
         pod_spec["serviceAccountName"] = pod_spec["serviceAccount"] = spec.service_account_name
+    else:
+        # Celery needs no API token; a named ServiceAccount says the app does, and its own
+        # automountServiceAccountToken then decides
+        pod_spec["automountServiceAccountToken"] = False
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [copy.deepcopy(dict(s)) for s in spec.image_pull_secrets]
     if termination_grace_period_seconds is not None:

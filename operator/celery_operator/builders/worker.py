@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from .. import naming
 from ..models import ObjectIdentity, QueueSpec, TaskQueueSpec
-from .common import Manifest, celery_container, celery_pod_template, deployment
+from .common import (
+    DEFAULT_WORKER_RESOURCES,
+    Manifest,
+    celery_container,
+    celery_pod_template,
+    deployment,
+    resources_or_default,
+)
 
 WORKER_CONTAINER: str = naming.WORKER_CONTAINER
 
@@ -54,7 +61,7 @@ def build_worker_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, queue: Q
         taskqueue=owner.name,
         name=WORKER_CONTAINER,
         command=worker_command(spec.app, queue),
-        resources=queue.workers.resources,
+        resources=resources_or_default(queue.workers.resources, DEFAULT_WORKER_RESOURCES),
     )
     template = celery_pod_template(
         spec,

@@ -1,0 +1,159 @@
+"""Safe defaults on real nodes: Flower asks for a login (the generated one, then the user's), and a
+managed broker filled to its maxmemory refuses new messages without losing or restarting anything,
+says so on the TaskQueue, and takes messages again once workers drain it."""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+import urllib.request
+from typing import Any
+
+import celery
+import pytest
+import redis
+
+from tests.helpers.devcluster import DevCluster
+from tests.helpers.processes import RedisServer
+from tests.helpers.taskqueues import TaskQueues, taskqueue
+from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+READY_TIMEOUT = 180
+
+
+def _secret(tqs: TaskQueues, name: str) -> dict[str, str]:
+    data = tqs.core.read_namespaced_secret(name, tqs.namespace).data
+    return {key: base64.b64decode(value).decode() for key, value in data.items()}
+
+
+def _status_of(url: str, login: tuple[str, str] | None = None) -> int:
+    request = urllib.request.Request(url)
+    if login is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _ready_flower_pod(tqs: TaskQueues, name: str, not_named: str | None = None) -> Any:
+    """The one Ready Flower pod of the current template (not `not_named`), once the rollout is done."""
+    def ready() -> Any:
+        deployment = tqs.deployment(f"{name}-flower")
+        if not deployment or deployment.status.observed_generation != deployment.metadata.generation or (
+                deployment.status.updated_replicas or 0) != 1 or (deployment.status.replicas or 0) != 1:
+            return None
+        pods = [p for p in tqs.core.list_namespaced_pod(
+            tqs.namespace, label_selector=f"app.kubernetes.io/instance={name},app.kubernetes.io/component=flower").items
+            if p.metadata.deletion_timestamp is None and p.metadata.name != not_named
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+        return pods[0] if len(pods) == 1 else None
+
+    return wait_for(ready, READY_TIMEOUT, f"{name}-flower to roll out")
+
+
+def test_flower_refuses_requests_without_a_login_and_answers_with_one(devcluster: DevCluster, tqs: TaskQueues,
+                                                                       redis_server: RedisServer) -> None:
+    flower = {"enabled": True,
+              # persistent mode writes Flower's state file: it must work on the read-only root filesystem
+              "env": [{"name": "FLOWER_PERSISTENT", "value": "true"}],
+              # this test reaches Flower from the host, not from a pod of the namespace
+              "allowFrom": [{"ipBlock": {"cidr": devcluster.node_network}}]}
+    tqs.apply(taskqueue("guarded", broker={"url": redis_server.url}, flower=flower))
+    pod = _ready_flower_pod(tqs, "guarded")
+    assert pod.spec.automount_service_account_token is False
+    assert not any(v.projected for v in pod.spec.volumes or []), "no API token mounted"
+    assert pod.spec.containers[0].security_context.read_only_root_filesystem is True
+    base = f"http://{pod.status.pod_ip}:5555"
+
+    generated = _secret(tqs, "guarded-flower")
+    assert generated["auth"] == f"{generated['username']}:{generated['password']}"
+    assert _status_of(f"{base}/") == 401, "no login: refused"
+    assert _status_of(f"{base}/api/workers") == 401
+    assert _status_of(f"{base}/", (generated["username"], "wrong")) == 401
+    assert _status_of(f"{base}/", (generated["username"], generated["password"])) == 200
+    assert _status_of(f"{base}/healthcheck") == 200, "the readiness probe needs no login"
+
+    tqs.core.create_namespaced_secret(tqs.namespace, {"metadata": {"name": "flower-logins"},
+                                                      "stringData": {"users": "alice:pw-one,bob:pw-two"}})
+    flower["basicAuthSecretRef"] = {"name": "flower-logins", "key": "users"}
+    tqs.apply(taskqueue("guarded", broker={"url": redis_server.url}, flower=flower))
+    pod = _ready_flower_pod(tqs, "guarded", not_named=pod.metadata.name)
+    base = f"http://{pod.status.pod_ip}:5555"
+    assert _status_of(f"{base}/") == 401
+    assert _status_of(f"{base}/", ("alice", "pw-one")) == 200
+    assert _status_of(f"{base}/", ("bob", "pw-two")) == 200
+    assert _status_of(f"{base}/", (generated["username"], generated["password"])) == 401, "the old login is gone"
+    wait_for(lambda: tqs.core.list_namespaced_secret(
+        tqs.namespace, field_selector="metadata.name=guarded-flower").items == [], 30,
+        "the generated login's Secret to go")
+
+
+PAYLOAD = "x" * 16384
+
+
+def _send(producer: celery.Celery) -> None:
+    producer.send_task("myapp.tasks.process_regular_data", args=[PAYLOAD], queue="jobs", retry=False)
+
+
+def _broker_pod(tqs: TaskQueues, name: str) -> Any:
+    [pod] = [p for p in tqs.core.list_namespaced_pod(
+        tqs.namespace, label_selector=f"app.kubernetes.io/instance={name},app.kubernetes.io/component=broker").items
+        if p.metadata.deletion_timestamp is None]
+    return pod
+
+
+def test_a_full_managed_broker_refuses_new_messages_keeps_the_rest_and_recovers(tqs: TaskQueues) -> None:
+    def body(replicas: int) -> dict[str, Any]:
+        # a small maxmemory fills in a second; results stay in the worker (no credentials, no broker writes)
+        return taskqueue("tight", queues=[{"name": "jobs", "replicas": replicas}],
+                         resultBackend={"url": "cache+memory://"},
+                         broker={"managed": {"maxMemory": "4Mi", "resources": {
+                             "requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}}})
+
+    tqs.apply(body(replicas=0))
+    tqs.wait_condition("tight", "BrokerAcceptingWrites", "True", "BelowMaxMemory", timeout=READY_TIMEOUT)
+    before = _broker_pod(tqs, "tight")
+    assert "--maxmemory" in before.spec.containers[0].args
+    url = _secret(tqs, "tight-broker")["url"]
+    producer = celery.Celery("producer", broker=url, set_as_current=False)
+    client = redis.Redis.from_url(url, socket_timeout=5)
+
+    refusal = None
+    for _ in range(2000):
+        try:
+            _send(producer)
+        except Exception as error:  # noqa: BLE001 - which error the producer gets is what is checked
+            refusal = error
+            break
+    assert refusal is not None, "2000 messages of 16 KiB fitted in a maxmemory of 4Mi"
+    assert "used memory > 'maxmemory'" in str(refusal), f"the producer is told why: {refusal!r}"
+    held = client.llen("jobs")
+    assert held > 50
+
+    full = tqs.wait_condition("tight", "BrokerAcceptingWrites", "False", "BrokerFull", timeout=30)
+    assert "maxmemory of 4194304 bytes" in full["message"]
+    assert tqs.condition("tight", "BrokerReady")["status"] == "True", "a full broker still answers"
+    assert (tqs.condition("tight", "Ready")["status"], tqs.condition("tight", "Ready")["reason"]) == (
+        "False", "BrokerFull")
+    wait_for(lambda: [e for e in tqs.events("tight") if e.type == "Warning" and e.reason == "BrokerFull"], 30,
+             "a Warning Event BrokerFull")
+    for _ in range(5):
+        with pytest.raises(Exception, match="maxmemory"):
+            _send(producer)
+    assert client.llen("jobs") == held, "nothing lost, nothing added"
+    now = _broker_pod(tqs, "tight")
+    assert now.metadata.uid == before.metadata.uid, "the same broker pod"
+    assert now.status.container_statuses[0].restart_count == 0, "never OOM-killed"
+
+    tqs.apply(body(replicas=1))  # a worker drains the queue
+    wait_for(lambda: client.llen("jobs") == 0, READY_TIMEOUT, "the worker to drain the queue")
+    tqs.wait_condition("tight", "BrokerAcceptingWrites", "True", "BelowMaxMemory", timeout=30)
+    tqs.wait_condition("tight", "Ready", "True", timeout=60)
+    _send(producer)  # accepted again, and consumed
+    wait_for(lambda: client.llen("jobs") == 0, 60, "the new message to be consumed")
+    assert _broker_pod(tqs, "tight").status.container_statuses[0].restart_count == 0
+    client.close()

@@ -26,7 +26,8 @@ from tests.helpers.devcluster import DevCluster, own_cluster
 from tests.helpers.taskqueues import TaskQueues, taskqueue
 from tests.helpers.waiting import ConditionNotMet, holds_for, wait_for
 
-pytestmark = pytest.mark.e2e
+# a two-node cluster of its own (its up and down take minutes on a busy machine) plus two takeovers
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 LEASE_DURATION, RETRY_PERIOD = 15, 2  # the chart's defaults
 NAMESPACE = "shop"

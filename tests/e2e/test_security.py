@@ -1,6 +1,6 @@
 """Safe defaults on real nodes: Flower asks for a login (the generated one, then the user's), and a
 managed broker filled to its maxmemory refuses new messages without losing or restarting anything,
-says so on the TaskQueue, and takes messages again once workers drain it."""
+says so on the TaskQueue, and takes messages again once it is below maxmemory."""
 
 from __future__ import annotations
 
@@ -149,11 +149,15 @@ def test_a_full_managed_broker_refuses_new_messages_keeps_the_rest_and_recovers(
     assert now.metadata.uid == before.metadata.uid, "the same broker pod"
     assert now.status.container_statuses[0].restart_count == 0, "never OOM-killed"
 
-    tqs.apply(body(replicas=1))  # a worker drains the queue
-    wait_for(lambda: client.llen("jobs") == 0, READY_TIMEOUT, "the worker to drain the queue")
+    # Celery's workers cannot drain a Redis at its maxmemory: kombu's MULTI/EXEC pipelines are refused
+    # there (a worker exits with "Unrecoverable error: OutOfMemoryError"), so the way out is the
+    # user's: take messages off (or give Redis more memory). Here a quarter of the queue is dropped.
+    for _ in range(held // 4):
+        client.rpop("jobs")
     tqs.wait_condition("tight", "BrokerAcceptingWrites", "True", "BelowMaxMemory", timeout=30)
     tqs.wait_condition("tight", "Ready", "True", timeout=60)
-    _send(producer)  # accepted again, and consumed
-    wait_for(lambda: client.llen("jobs") == 0, 60, "the new message to be consumed")
+    _send(producer)  # accepted again
+    tqs.apply(body(replicas=1))  # and a worker, started below maxmemory, consumes every message
+    wait_for(lambda: client.llen("jobs") == 0, READY_TIMEOUT, "the worker to drain the queue")
     assert _broker_pod(tqs, "tight").status.container_statuses[0].restart_count == 0
     client.close()

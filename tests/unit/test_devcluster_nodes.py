@@ -117,3 +117,9 @@ def test_kube_router_may_read_what_its_policy_controller_watches() -> None:
     assert {("", "pods"), ("", "namespaces"), ("", "nodes"), ("networking.k8s.io", "networkpolicies")} <= granted
     assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": kuberouter.USER}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_kube_router_is_cached_beside_the_control_plane_per_version(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("DEVCLUSTER_CACHE", str(tmp_path))
+    assert kuberouter.binary() == tmp_path / f"kube-router-{kuberouter.VERSION}" / "bin" / "kube-router"

@@ -9,7 +9,8 @@ from that moment:
 
 Two ways the leader stops, alternating trial by trial:
 - dead: its container's main process is frozen from the host (SIGSTOP: it renews nothing, as a
-  crashed or partitioned leader), then its pod is force-deleted and replaced;
+  crashed or partitioned leader) and its pod force-deleted at once (the kubelet kills it; had its
+  container been restarted instead, the same pod would resume its own Lease at once);
 - graceful: its pod is deleted (SIGTERM): it stops kopf and releases the Lease.
 
     .venv/bin/python bench/bench_operator_takeover.py [--trials 6] [--nodes 2]
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from tests.helpers import operator_ha as ha  # noqa: E402
 from tests.helpers.devcluster import DevCluster, own_cluster  # noqa: E402
 from tests.helpers.taskqueues import TaskQueues, taskqueue  # noqa: E402
-from tests.helpers.waiting import wait_for  # noqa: E402
+from tests.helpers.waiting import ConditionNotMet, wait_for  # noqa: E402
 
 NAMESPACE, WORKERS = "bench", "takeover-worker-jobs"
 
@@ -64,8 +65,9 @@ def settled(devcluster: DevCluster) -> tuple[str, str]:
 def trial(devcluster: DevCluster, tqs: TaskQueues, how: str, concurrency: int) -> dict[str, float]:
     leader, standby = settled(devcluster)
     pod = ha.operator_pods(devcluster)[leader]
-    if how == "dead":
+    if how == "dead":  # frozen, and its pod deleted at once: no restart of its container can renew the Lease
         ha.signal_container(pod, signal.SIGSTOP)
+        devcluster.kubectl("delete", "pod", "-n", ha.RELEASE_NAMESPACE, leader, "--grace-period=0", "--force")
     else:
         devcluster.kubectl("delete", "pod", "-n", ha.RELEASE_NAMESPACE, leader, "--wait=false")
     stopped_at, started = ha.utcnow(), time.monotonic()
@@ -74,10 +76,14 @@ def trial(devcluster: DevCluster, tqs: TaskQueues, how: str, concurrency: int) -
     lease = time.monotonic() - started
     wait_for(lambda: concurrency_of(tqs) == str(concurrency), 60, "the change reconciled", interval=0.1)
     reconciled = time.monotonic() - started
-    if how == "dead":  # replaced by a new pod (no restart backoff)
-        devcluster.kubectl("delete", "pod", "-n", ha.RELEASE_NAMESPACE, leader, "--grace-period=0", "--force")
     write = wait_for(lambda: ha.first_write_after(devcluster, standby, stopped_at), 30, "the audit log's write")
     return {"lease": lease, "first write": (write.at - stopped_at).total_seconds(), "reconciled": reconciled}
+
+
+def diagnostics(devcluster: DevCluster) -> str:
+    pods = devcluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+    logs = "\n".join(f"--- {name}\n{ha.pod_log(devcluster, name)[-3000:]}" for name in ha.operator_pods(devcluster))
+    return f"lease: {ha.lease(devcluster)}\npods:\n{pods}\n{logs}"
 
 
 def main() -> None:
@@ -96,7 +102,11 @@ def main() -> None:
             wait_for(lambda: concurrency_of(tqs) == "1", 120, "the first reconcile")
             for number in range(args.trials):
                 how = ("dead", "graceful")[number % 2]
-                figures = trial(devcluster, tqs, how, concurrency=number + 2)
+                try:
+                    figures = trial(devcluster, tqs, how, concurrency=number + 2)
+                except ConditionNotMet:
+                    print(diagnostics(devcluster), flush=True)
+                    raise
                 results[how].append(figures)
                 print(f"trial {number + 1} ({how}): " + ", ".join(f"{k} {v:.2f} s" for k, v in figures.items()),
                       flush=True)

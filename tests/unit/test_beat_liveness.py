@@ -48,6 +48,14 @@ def test_the_operators_beat_serves_healthz_on_a_named_port_and_is_probed_there()
     assert "exec" not in probe and "readinessProbe" not in container, "no process spawned, no readiness gate"
 
 
+def test_a_slow_start_is_not_taken_for_a_wedged_beat() -> None:
+    """Liveness counts only once the startup probe passed: a beat whose Python takes 20 s to start on
+    a loaded node is not restarted before it ever served /healthz."""
+    startup = beat_container(custom=False)["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+
+
 def test_the_probe_keeps_the_beats_restricted_pod() -> None:
     (deployment,) = build_beat(OWNER, parse_taskqueue_spec(copy.deepcopy(SPEC)), BeatOptions(custom=False), IMAGES)
     pod_spec = deployment["spec"]["template"]["spec"]
@@ -62,6 +70,7 @@ def test_a_custom_scheduler_gets_no_probe_and_no_port() -> None:
     container = beat_container(custom=True, beat={"scheduler": "django_celery_beat.schedulers:DatabaseScheduler"})
     assert container["command"][:4] == ["celery", "-A", "myproject", "beat"]
     assert "livenessProbe" not in container and "ports" not in container and "args" not in container
+    assert "startupProbe" not in container
 
 
 # --- wedged, waiting or failing --------------------------------------------------------------------

@@ -170,13 +170,27 @@ def test_every_pod_but_those_with_a_service_account_goes_without_a_token() -> No
 # --- resources -------------------------------------------------------------------------------------------
 
 
-def test_celery_pods_get_default_requests_and_no_limits() -> None:
+def test_celery_pods_get_default_requests_and_only_our_own_code_a_memory_limit() -> None:
+    """Workers and a custom scheduler run the user's app: requests only. The operator's beat and
+    Flower have known footprints: a memory limit well above them stops only a leak."""
     spec = parse(flower={"enabled": True})
     worker = container(build_worker_deployment(OWNER, spec, spec.queues[0]))
     assert worker["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"}}
     beat = container(build_beat_deployment(OWNER, spec, BeatOptions(custom=False), IMAGES.beat))
-    assert beat["resources"] == {"requests": {"cpu": "10m", "memory": "64Mi"}}
-    assert flower_container(spec)["resources"] == {"requests": {"cpu": "10m", "memory": "64Mi"}}
+    assert beat["resources"] == {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+    custom = parse(beat={"scheduler": "django_celery_beat.schedulers:DatabaseScheduler"})
+    custom_beat = container(build_beat_deployment(OWNER, custom, BeatOptions(custom=True), IMAGES.beat))
+    assert custom_beat["resources"] == {"requests": {"cpu": "10m", "memory": "64Mi"}}
+    assert flower_container(spec)["resources"] == {"requests": {"cpu": "10m", "memory": "64Mi"},
+                                                   "limits": {"memory": "512Mi"}}
+
+
+def test_flower_is_restarted_when_it_stops_answering_but_not_while_it_starts() -> None:
+    flower = flower_container(parse(flower={"enabled": True}))
+    assert flower["livenessProbe"]["httpGet"] == {"path": "/healthcheck", "port": "http"}
+    startup = flower["startupProbe"]
+    assert startup["httpGet"] == flower["livenessProbe"]["httpGet"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
 
 
 def test_resources_of_the_spec_replace_the_default_as_a_whole() -> None:

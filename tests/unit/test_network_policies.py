@@ -54,7 +54,8 @@ def sources(policy: dict[str, Any]) -> list[dict[str, Any]]:
 def test_the_managed_broker_lets_in_the_taskqueue_its_producers_and_the_operator_on_redis_port_only() -> None:
     spec = parse(flower={"enabled": True})
     broker = policies(spec)["shop-broker"]
-    assert broker["spec"]["policyTypes"] == ["Ingress"]
+    assert broker["spec"]["policyTypes"] == ["Ingress", "Egress"], "Redis never connects out"
+    assert "egress" not in broker["spec"], "no egress rule: no connection out at all"
     [rule] = broker["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
     assert rule["from"] == [
@@ -91,6 +92,7 @@ def test_no_beat_no_beat_policy_and_the_beat_state_redis_only_with_an_amqp_broke
     assert "shop-broker" not in found, "an external broker is not ours to guard"
     state = found["shop-beat-state"]
     assert [rule["ports"] for rule in state["spec"]["ingress"]] == [[{"protocol": "TCP", "port": 6379}]]
+    assert state["spec"]["policyTypes"] == ["Ingress", "Egress"] and "egress" not in state["spec"]
     assert sources(state)[0] == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "celery",
                                                                   "app.kubernetes.io/instance": "shop"}}}
     assert {"ipBlock": {"cidr": "10.150.0.0/24"}} in sources(state)
@@ -110,11 +112,13 @@ def test_flower_lets_in_its_namespace_by_default_or_exactly_what_allow_from_name
     assert "shop-flower" not in policies(parse())
 
 
-def test_turned_off_there_are_none_and_egress_is_never_restricted() -> None:
+def test_turned_off_there_are_none_and_egress_is_restricted_only_for_our_redis() -> None:
     assert policies(parse(networkPolicy={"enabled": False}, flower={"enabled": True}),
                     BeatOptions(custom=False)) == {}
-    for policy in policies(parse(flower={"enabled": True}), BeatOptions(custom=False)).values():
-        assert "Egress" not in policy["spec"]["policyTypes"] and "egress" not in policy["spec"]
+    for name, policy in policies(parse(flower={"enabled": True}), BeatOptions(custom=False)).items():
+        denies_egress = "Egress" in policy["spec"]["policyTypes"]
+        assert denies_egress == (name == "shop-broker"), name
+        assert "egress" not in policy["spec"]
 
 
 def test_policies_come_before_the_pods_they_guard_and_are_owned_children() -> None:

@@ -38,6 +38,7 @@ from .broker import build_redis_deployment
 from .common import (
     BROKER_URL_ENV,
     DEFAULT_BEAT_RESOURCES,
+    OWN_BEAT_RESOURCES,
     DefaultImages,
     Manifest,
     broker_url_env_var,
@@ -101,6 +102,17 @@ def beat_liveness_probe() -> dict[str, Any]:
     }
 
 
+def beat_startup_probe() -> dict[str, Any]:
+    """Up to 60 s for the process to start serving (a loaded node can take tens of seconds to start
+    Python); liveness counts only from the first success, so a slow start is not a wedged loop."""
+    return {
+        "httpGet": {"path": BEAT_HEALTH_PATH, "port": BEAT_HEALTH_PORT_NAME},
+        "periodSeconds": 2,
+        "timeoutSeconds": 2,
+        "failureThreshold": 30,
+    }
+
+
 def custom_beat_command(app: str, scheduler: str) -> list[str]:
     return ["celery", "-A", app, "beat", "-S", scheduler]
 
@@ -129,9 +141,10 @@ def _own_beat_container(owner: ObjectIdentity, spec: TaskQueueSpec, options: Bea
             {"name": naming.BEAT_INSTANCE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
         "ports": [{"name": BEAT_HEALTH_PORT_NAME, "containerPort": BEAT_HEALTH_PORT, "protocol": "TCP"}],
+        "startupProbe": beat_startup_probe(),
         "livenessProbe": beat_liveness_probe(),
     }
-    container["resources"] = resources_or_default(spec.beat.resources, DEFAULT_BEAT_RESOURCES)
+    container["resources"] = resources_or_default(spec.beat.resources, OWN_BEAT_RESOURCES)
     container["securityContext"] = restricted_container_security_context(read_only_root_filesystem=True)
     return container
 

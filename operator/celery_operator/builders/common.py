@@ -27,7 +27,11 @@ POD_IP_ENV: Final = "POD_IP"
 # as a whole. Small, so that a laptop cluster still fits many workers.
 DEFAULT_WORKER_RESOURCES: Final = {"requests": {"cpu": "50m", "memory": "128Mi"}}
 DEFAULT_BEAT_RESOURCES: Final = {"requests": {"cpu": "10m", "memory": "64Mi"}}
-DEFAULT_FLOWER_RESOURCES: Final = {"requests": {"cpu": "10m", "memory": "64Mi"}}
+# The operator's own beat is our code, ~80 MB at work: a limit well above that only stops a leak.
+# A custom scheduler runs the user's app (DEFAULT_BEAT_RESOURCES, no limit: its size is theirs).
+OWN_BEAT_RESOURCES: Final = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+# Flower keeps at most its max_tasks (10000) tasks in memory; an OOM kill loses only its view.
+DEFAULT_FLOWER_RESOURCES: Final = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
 
 
 def resources_or_default(resources: Mapping[str, Any], default: Mapping[str, Any]) -> dict[str, Any]:

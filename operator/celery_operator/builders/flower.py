@@ -107,6 +107,11 @@ def build_flower_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, default_
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
+        # liveness counts once Flower first answered: a slow start on a loaded node is no hang
+        "startupProbe": {"httpGet": {"path": "/healthcheck", "port": "http"},
+                         "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 30},
+        "livenessProbe": {"httpGet": {"path": "/healthcheck", "port": "http"},
+                          "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
         "resources": resources_or_default(flower.resources, DEFAULT_FLOWER_RESOURCES),
         "securityContext": restricted_container_security_context(read_only_root_filesystem=True),
         "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],

@@ -1,6 +1,6 @@
 """The TaskQueue's NetworkPolicies (spec.networkPolicy.enabled, on by default). Pure.
 
-Ingress only: each one selects some of the TaskQueue's pods and lists who may connect to them.
+Each one selects some of the TaskQueue's pods and lists who may connect to them.
 
 - `<tq>-broker` (managed broker): Redis's port, from this TaskQueue's pods, from producers (pods of
   the namespace labelled `celery-operator.dev/producer: <tq>`, e.g. a web app that sends tasks),
@@ -11,7 +11,9 @@ Ingress only: each one selects some of the TaskQueue's pods and lists who may co
 - `<tq>-workers` and `<tq>-beat`: nothing; workers and the beat only connect out. The kubelet's
   probes come from the pod's own node, which policy engines let through.
 
-Egress is left open: workers call whatever services their tasks need.
+Egress is left open for workers, beat and Flower: workers call whatever services their tasks
+need, and beat and Flower reach a broker that may be outside the cluster, by a name no policy can
+hold. The operator's Redis instances (broker, beat state) never connect out: they deny egress.
 """
 
 from __future__ import annotations
@@ -64,10 +66,12 @@ def producer_pods(taskqueue: str) -> dict[str, Any]:
 
 def network_policy(owner: ObjectIdentity, *, name: str, component: naming.Component, pods: Mapping[str, str],
                    sources: Sequence[Mapping[str, Any]] | None = None, port: int | None = None,
-                   beat_role: str | None = None) -> Manifest:
+                   beat_role: str | None = None, deny_egress: bool = False) -> Manifest:
     """A policy over the pods `pods` selects: ingress from `sources` to `port`, or none at all
-    when `sources` is None or empty (an empty `from` would mean everyone; no rule means no one)."""
-    spec: dict[str, Any] = {"podSelector": {"matchLabels": dict(pods)}, "policyTypes": ["Ingress"]}
+    when `sources` is None or empty (an empty `from` would mean everyone; no rule means no one);
+    with `deny_egress`, no connection out either (replies to accepted connections still flow)."""
+    policy_types = ["Ingress", "Egress"] if deny_egress else ["Ingress"]
+    spec: dict[str, Any] = {"podSelector": {"matchLabels": dict(pods)}, "policyTypes": policy_types}
     if sources:
         spec["ingress"] = [{"from": [copy.deepcopy(dict(s)) for s in sources],
                             "ports": [{"protocol": "TCP", "port": port}]}]
@@ -91,7 +95,7 @@ def build_network_policies(owner: ObjectIdentity, spec: TaskQueueSpec, operator:
         policies.append(network_policy(
             owner, name=naming.broker_name(tq), component=naming.BROKER,
             pods=naming.selector_labels(tq, naming.BROKER), port=naming.REDIS_PORT,
-            sources=[taskqueue_pods(tq), producer_pods(tq), *operator.peers()]))
+            sources=[taskqueue_pods(tq), producer_pods(tq), *operator.peers()], deny_egress=True))
     policies.append(network_policy(owner, name=naming.workers_policy_name(tq), component=naming.WORKER,
                                    pods=naming.selector_labels(tq, naming.WORKER)))
     if beat:
@@ -102,7 +106,7 @@ def build_network_policies(owner: ObjectIdentity, spec: TaskQueueSpec, operator:
         policies.append(network_policy(
             owner, name=naming.beat_state_name(tq), component=naming.BEAT, beat_role=naming.BEAT_ROLE_STATE,
             pods=naming.selector_labels(tq, naming.BEAT, beat_role=naming.BEAT_ROLE_STATE), port=naming.REDIS_PORT,
-            sources=[taskqueue_pods(tq), *operator.peers()]))
+            sources=[taskqueue_pods(tq), *operator.peers()], deny_egress=True))
     if spec.flower.enabled:
         policies.append(network_policy(
             owner, name=naming.flower_name(tq), component=naming.FLOWER,

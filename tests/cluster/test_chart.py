@@ -258,6 +258,8 @@ def test_config_defaults_are_the_operators_own_and_every_setting_is_exposed() ->
                          "leader_election_lease_duration_seconds": "leaderElection.leaseDurationSeconds",
                          "leader_election_renew_deadline_seconds": "leaderElection.renewDeadlineSeconds",
                          "leader_election_retry_period_seconds": "leaderElection.retryPeriodSeconds",
+                         "pod_namespace": "the pod's namespace (the NetworkPolicies name the operator's pods)",
+                         "pod_labels": "the pod's selector labels (likewise)",
                          "beat_image": "beat.image", "redis_image": "redis.image", "flower_image": "flower.image"}
     for field in settings.__dataclass_fields__:
         if field in exposed_elsewhere:
@@ -406,6 +408,11 @@ def test_every_value_reaches_the_rendered_objects() -> None:
         "CELERY_OPERATOR_LEADER_ELECTION_LEASE_DURATION_SECONDS": "30",
         "CELERY_OPERATOR_LEADER_ELECTION_RENEW_DEADLINE_SECONDS": "20",
         "CELERY_OPERATOR_LEADER_ELECTION_RETRY_PERIOD_SECONDS": "4",
+        "CELERY_OPERATOR_SOURCE_CIDRS": "10.0.0.0/24,192.168.1.5/32",
+        # the NetworkPolicies let the operator's own pods reach the brokers, by namespace and labels
+        "CELERY_OPERATOR_POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        "CELERY_OPERATOR_POD_LABELS": ",".join(f"{key}={value}" for key, value in
+                                               sorted(deployment["spec"]["selector"]["matchLabels"].items())),
     }
     assert deployment["spec"]["replicas"] == 3
     assert env["EXTRA_LITERAL"] == "yes" and env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}

@@ -68,9 +68,11 @@ def test_a_burst_scales_up_drains_and_returns_to_zero(tqs: TaskQueues, redis_ser
     assert sorted(entry["value"] for entry in recorded(url, "burst-runs")) == list(range(24)), "none lost or doubled"
     wait_for(lambda: replicas(tqs, "burst-worker-jobs") == 0, 60, "the return to zero after the window")
 
-    reasons = {event.reason: event.message for event in tqs.events("burst")}
-    assert "ScaledUp" in reasons and "ScaledDown" in reasons
-    assert "0 → " in reasons["ScaledUp"] and "pending" in reasons["ScaledUp"]
+    events = tqs.events("burst")
+    scaled_up = [event.message for event in events if event.reason == "ScaledUp"]
+    assert scaled_up and any(event.reason == "ScaledDown" for event in events)
+    # the first message may wake the scaler while the rest are still being sent: 0 → 1, then → 4
+    assert any("0 → " in message for message in scaled_up) and all("pending" in m for m in scaled_up)
     status = queue_status(tqs, "burst")
     assert (status["pending"], status["inFlight"], status["desiredReplicas"]) == (0, 0, 0)
     assert status["lastScaleTime"]

@@ -244,6 +244,36 @@ def _build_missing(root: Path, target: Path, only: tuple[str, ...]) -> Path:
     return target
 
 
+def go_tool_dir(name: str, version: str) -> Path:
+    """Where a tool built from its Go module is cached: <cache>/<name>-<version>/bin/<name>."""
+    return cache_root() / f"{name}-{version}"
+
+
+def go_install(name: str, package: str, version: str, ldflags: str, *, nice: int = 0) -> Path:
+    """Return the cached binary `name` of `package@version`, built first with `go install` when the
+    cache lacks it (for modules whose go.mod has no replace directives, which `go install` refuses).
+    A concurrent build waits on the lock and then finds the binary; it appears by an atomic rename."""
+    root = go_tool_dir(name, version)
+    target = root / "bin" / name
+    if os.access(target, os.X_OK):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.access(target, os.X_OK):
+            logs = root / "logs"
+            logs.mkdir(exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix="bin-", dir=root))
+            env = dict(_go_env(root), GOBIN=str(staging), GOFLAGS="")
+            niceness = ["nice", "-n", str(nice)] if nice else []
+            _run(f"{name}-install", [*niceness, "go", "install", "-trimpath", "-ldflags", ldflags,
+                                     f"{package}@{version}"], root, logs, env)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(staging / name, target)
+            staging.rmdir()
+    return target
+
+
 def run_and_report(label: str, produce: Callable[[], Path]) -> int:
     """A build command's exit: print what `produce` made (its time too when it built), or why not."""
     started = time.monotonic()

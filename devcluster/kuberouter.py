@@ -24,9 +24,6 @@ only from this machine (its go.mod has no replace directives: a plain `go instal
 
 from __future__ import annotations
 
-import fcntl
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +38,7 @@ HEALTH_PORT = 20244
 
 
 def version_dir() -> Path:
-    return build.cache_root() / f"kube-router-{VERSION}"
+    return build.go_tool_dir("kube-router", VERSION)
 
 
 def binary() -> Path:
@@ -50,32 +47,8 @@ def binary() -> Path:
 
 def ensure() -> Path:
     """Return the kube-router binary, building it first when the cache lacks it."""
-    target = binary()
-    if os.access(target, os.X_OK):
-        return target
-    root = version_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build waits, then finds the binary
-        if not os.access(target, os.X_OK):
-            _build(root, target)
-    return target
-
-
-def _build(root: Path, target: Path) -> None:
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="bin-", dir=root))
-    env = dict(build._go_env(root), GOBIN=str(staging), GOFLAGS="")
-    build._run(
-        "kube-router-install",
-        ["nice", "-n", "10", "go", "install", "-trimpath", "-ldflags", f"-s -w -X {MODULE}/pkg/version.Version={VERSION}",
-         f"{MODULE}/cmd/kube-router@{VERSION}"],
-        root, logs, env,
-    )
-    target.parent.mkdir(exist_ok=True)
-    os.replace(staging / "kube-router", target)  # atomic: a reader never sees a half-written binary
-    staging.rmdir()
+    return build.go_install("kube-router", f"{MODULE}/cmd/kube-router", VERSION,
+                            f"-s -w -X {MODULE}/pkg/version.Version={VERSION}", nice=10)
 
 
 def main() -> int:

@@ -6,9 +6,6 @@ its version variables are goreleaser's, set here with ldflags so `kube-score ver
 
 from __future__ import annotations
 
-import fcntl
-import os
-import tempfile
 from pathlib import Path
 
 from devcluster import build
@@ -17,7 +14,7 @@ KUBE_SCORE_MODULE_VERSION = "v1.20.0"
 
 
 def version_dir() -> Path:
-    return build.cache_root() / f"kube-score-{KUBE_SCORE_MODULE_VERSION}"
+    return build.go_tool_dir("kube-score", KUBE_SCORE_MODULE_VERSION)
 
 
 def binary() -> Path:
@@ -30,32 +27,7 @@ def _ldflags() -> str:
 
 def ensure() -> Path:
     """Return the kube-score binary, building it first when the cache lacks it."""
-    target = binary()
-    if os.access(target, os.X_OK):
-        return target
-    root = version_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build waits, then finds the binary
-        if not os.access(target, os.X_OK):
-            _build(root, target)
-    return target
-
-
-def _build(root: Path, target: Path) -> None:
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="bin-", dir=root))
-    env = dict(build._go_env(root), GOBIN=str(staging), GOFLAGS="")
-    build._run(
-        "kube-score-install",
-        ["nice", "-n", "10", "go", "install", "-trimpath", "-ldflags", _ldflags(),
-         f"github.com/zegl/kube-score/cmd/kube-score@{KUBE_SCORE_MODULE_VERSION}"],
-        root, logs, env,
-    )
-    target.parent.mkdir(exist_ok=True)
-    os.replace(staging / "kube-score", target)  # atomic: a reader never sees a half-written binary
-    staging.rmdir()
+    return build.go_install("kube-score", "github.com/zegl/kube-score/cmd/kube-score", KUBE_SCORE_MODULE_VERSION, _ldflags(), nice=10)
 
 
 def main() -> int:

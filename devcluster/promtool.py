@@ -6,9 +6,6 @@ replace directives, so a plain `go install module@version` builds it.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import tempfile
 from pathlib import Path
 
 from devcluster import build
@@ -24,7 +21,7 @@ def release_version(module_version: str = PROMETHEUS_MODULE_VERSION) -> str:
 
 
 def version_dir() -> Path:
-    return build.cache_root() / f"promtool-{PROMETHEUS_MODULE_VERSION}"
+    return build.go_tool_dir("promtool", PROMETHEUS_MODULE_VERSION)
 
 
 def binary() -> Path:
@@ -38,32 +35,7 @@ def _ldflags() -> str:
 
 def ensure() -> Path:
     """Return the promtool binary, building it first when the cache lacks it."""
-    target = binary()
-    if os.access(target, os.X_OK):
-        return target
-    root = version_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent build waits, then finds the binary
-        if not os.access(target, os.X_OK):
-            _build(root, target)
-    return target
-
-
-def _build(root: Path, target: Path) -> None:
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="bin-", dir=root))
-    env = dict(build._go_env(root), GOBIN=str(staging), GOFLAGS="")
-    build._run(
-        "promtool-install",
-        ["go", "install", "-trimpath", "-ldflags", _ldflags(),
-         f"github.com/prometheus/prometheus/cmd/promtool@{PROMETHEUS_MODULE_VERSION}"],
-        root, logs, env,
-    )
-    target.parent.mkdir(exist_ok=True)
-    os.replace(staging / "promtool", target)  # atomic: a reader never sees a half-written binary
-    staging.rmdir()
+    return build.go_install("promtool", "github.com/prometheus/prometheus/cmd/promtool", PROMETHEUS_MODULE_VERSION, _ldflags())
 
 
 def main() -> int:

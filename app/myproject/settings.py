@@ -1,5 +1,6 @@
 """Minimal Django settings for the sample Celery app: no database work, no web pages."""
 
+import json
 import os
 from pathlib import Path
 
@@ -37,3 +38,11 @@ CELERY_TASK_ROUTES = {
     "myapp.tasks.process_important_data": {"queue": "high_priority"},
     "myapp.tasks.process_regular_data": {"queue": "low_priority"},
 }
+
+# Delivery is the deployment's choice, read from its environment as a twelve-factor project does:
+# CELERY_TASK_ACKS_LATE=true acknowledges a task once it finished (a task whose worker dies runs
+# again: at least once); CELERY_BROKER_TRANSPORT_OPTIONS is kombu's transport options as JSON
+# (on Redis, visibility_timeout decides when a dead worker's unacknowledged messages return).
+CELERY_TASK_ACKS_LATE = os.environ.get("CELERY_TASK_ACKS_LATE", "false").lower() == "true"
+CELERY_TASK_REJECT_ON_WORKER_LOST = CELERY_TASK_ACKS_LATE
+CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(os.environ.get("CELERY_BROKER_TRANSPORT_OPTIONS") or "{}")

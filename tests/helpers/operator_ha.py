@@ -54,6 +54,15 @@ def holder(devcluster: DevCluster) -> str:
     return (found or {}).get("spec", {}).get("holderIdentity") or ""
 
 
+def renewed_since(devcluster: DevCluster, since: datetime.datetime) -> str | None:
+    """The replica that renewed (or took) the Lease after `since`, if it is a running operator pod."""
+    spec = (lease(devcluster) or {}).get("spec", {})
+    renewed, leader = spec.get("renewTime"), spec.get("holderIdentity")
+    if renewed and _when(renewed) > since and leader in operator_pods(devcluster):
+        return leader
+    return None
+
+
 def pod_log(devcluster: DevCluster, pod: str, previous: bool = False) -> str:
     args = ["logs", "-n", RELEASE_NAMESPACE, pod, "--tail=-1", *(["--previous"] if previous else [])]
     result = devcluster.kubectl(*args, check=False)

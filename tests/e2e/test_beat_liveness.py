@@ -15,15 +15,12 @@ from collections import Counter
 from typing import Any, Iterator
 
 import pytest
-import redis
 
-from celery_operator import naming
-from celery_operator.beat.jobs import split_task_id
-from celery_operator.beat.schedule import format_slot, parse_slot
+from celery_operator.beat.schedule import format_slot
 from tests.helpers import containers
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess
-from tests.helpers.periodicjobs import PeriodicJobs, periodicjob, recorded
+from tests.helpers.periodicjobs import PeriodicJobs, beat_pods, fired, periodicjob, recorded, run_slots
 from tests.helpers.processes import RedisServer
 from tests.helpers.taskqueues import TaskQueues, taskqueue
 from tests.helpers.waiting import wait_for
@@ -40,25 +37,8 @@ def pjs(devcluster: DevCluster, namespace: str, operator: OperatorProcess) -> It
     handle.close()
 
 
-def slots_of(url: str, key: str) -> list[float]:
-    """The slot of every run the worker recorded, in the order it ran them."""
-    slots = []
-    for entry in recorded(url, key):
-        parsed = split_task_id(entry["id"])
-        assert parsed is not None, entry
-        slots.append(parse_slot(parsed[2]))
-    return slots
-
-
-def fired(url: str, namespace: str, taskqueue_name: str, job: str) -> float | None:
-    value = redis.Redis.from_url(url).hget(naming.beat_key_prefix(namespace, taskqueue_name) + "fired", job)
-    return None if value is None else float(value)
-
-
 def beat_pod(tqs: TaskQueues, taskqueue_name: str) -> Any:
-    selector = f"app.kubernetes.io/instance={taskqueue_name},app.kubernetes.io/component=beat"
-    (pod,) = [p for p in tqs.core.list_namespaced_pod(tqs.namespace, label_selector=selector).items
-              if not p.metadata.deletion_timestamp]
+    (pod,) = beat_pods(tqs.core, tqs.namespace, taskqueue_name)
     return pod
 
 
@@ -120,13 +100,13 @@ def test_a_frozen_beat_is_restarted_by_its_liveness_probe_and_no_run_is_doubled(
 
     resumed = wait_for(lambda: (f := fired(url, ns, "frozen", "tick")) and f > last_before and time.time(), 30,
                        "the restarted beat to send")
-    wait_for(lambda: max(slots_of(url, "tick-runs")) >= resumed + 3 * INTERVAL, 30, "runs flowing again")
+    wait_for(lambda: max(run_slots(url, "tick-runs")) >= resumed + 3 * INTERVAL, 30, "runs flowing again")
     seen_beat_ready.append(tqs.wait_condition("frozen", "BeatReady", "True")["reason"])
 
     ids = [entry["id"] for entry in recorded(url, "tick-runs")]
     doubled = [i for i, n in Counter(ids).items() if n > 1]
     assert not doubled, f"runs sent twice: {doubled}"
-    slots = sorted(slots_of(url, "tick-runs"))
+    slots = sorted(run_slots(url, "tick-runs"))
     expected = [slots[0] + INTERVAL * n for n in range(round((slots[-1] - slots[0]) / INTERVAL) + 1)]
     missing = sorted(set(expected) - set(slots))
     # Claim-then-send: a beat frozen (and then killed) between claiming a slot and sending it loses

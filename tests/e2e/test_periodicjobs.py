@@ -17,13 +17,12 @@ import kubernetes
 import pytest
 import redis
 
-from celery_operator import naming
-from celery_operator.beat.jobs import split_task_id
 from celery_operator.beat.schedule import parse_slot
 from tests.helpers.brokers import RabbitBroker
 from tests.helpers.devcluster import DevCluster
 from tests.helpers.operator import OperatorProcess
-from tests.helpers.periodicjobs import PeriodicJobs, periodicjob, recorded
+from tests.helpers.periodicjobs import (PeriodicJobs, assert_consecutive, assert_unique, beat_pods, fired,
+                                        periodicjob, recorded, run_slots, state_keys)
 from tests.helpers.processes import RedisServer
 from tests.helpers.taskqueues import SAMPLE_APP_IMAGE, TaskQueues, taskqueue
 from tests.helpers.waiting import holds_for, wait_for
@@ -44,45 +43,6 @@ def beat_taskqueue(name: str, url: str, queue: str = "jobs", **spec: Any) -> dic
     """A TaskQueue on the test's Redis with one always-on worker for `queue`."""
     return taskqueue(name, broker={"url": url}, resultBackend={"url": url},
                      queues=[{"name": queue, "replicas": 1, "concurrency": 1}], **spec)
-
-
-def run_slots(url: str, key: str, job: str | None = None) -> list[float]:
-    """The slots of the runs recorded in `key`, in the order the worker ran them."""
-    slots = []
-    for entry in recorded(url, key):
-        parsed = split_task_id(entry["id"])
-        assert parsed is not None, entry
-        if job is not None:
-            assert parsed[1] == job, entry
-        slots.append(parse_slot(parsed[2]))
-    return slots
-
-
-def assert_unique(slots: list[float]) -> None:
-    doubled = sorted({s for s in slots if slots.count(s) > 1})
-    assert not doubled, f"runs sent twice: {doubled}"
-
-
-def assert_consecutive(slots: list[float], step: float) -> None:
-    ordered = sorted(slots)
-    holes = [(a, b) for a, b in zip(ordered, ordered[1:]) if abs(b - a - step) > 1e-6]
-    assert not holes, f"runs missing between {holes}"
-
-
-def state_keys(namespace: str, taskqueue_name: str) -> tuple[str, str]:
-    prefix = naming.beat_key_prefix(namespace, taskqueue_name)
-    return prefix + "jobs", prefix + "fired"
-
-
-def fired(url: str, namespace: str, taskqueue_name: str, job: str) -> float | None:
-    value = redis.Redis.from_url(url).hget(state_keys(namespace, taskqueue_name)[1], job)
-    return None if value is None else float(value)
-
-
-def beat_pods(tqs: TaskQueues, taskqueue_name: str) -> list[Any]:
-    selector = f"app.kubernetes.io/instance={taskqueue_name},app.kubernetes.io/component=beat"
-    return [p for p in tqs.core.list_namespaced_pod(tqs.namespace, label_selector=selector).items
-            if not p.metadata.deletion_timestamp]
 
 
 def test_an_interval_job_runs_takes_edits_suspends_resumes_and_goes(tqs: TaskQueues, pjs: PeriodicJobs,
@@ -181,7 +141,7 @@ def test_deleting_the_beat_pod_leaves_no_run_missing_or_doubled(tqs: TaskQueues,
     pjs.apply(periodicjob("steady", "steady", "steady-runs", interval="2s"))
     pjs.wait_ready("steady", "True", "Scheduled", timeout=90)
     wait_for(lambda: len(recorded(url, "steady-runs")) >= 3, 30, "three runs")
-    (pod,) = beat_pods(tqs, "steady")
+    (pod,) = beat_pods(tqs.core, tqs.namespace, "steady")
 
     deleted = time.time()
     before = fired(url, ns, "steady", "steady")
@@ -192,7 +152,7 @@ def test_deleting_the_beat_pod_leaves_no_run_missing_or_doubled(tqs: TaskQueues,
     print(f"\nbeat pod deleted: next send {resumed_at - deleted:.2f} s later "
           f"(last run before {before - deleted:+.2f} s, first after {moved - deleted:+.2f} s)")
     wait_for(lambda: max(run_slots(url, "steady-runs")) >= deleted + 12, 40, "runs well past the restart")
-    (replacement,) = wait_for(lambda: beat_pods(tqs, "steady"), 30, "one beat pod")
+    (replacement,) = wait_for(lambda: beat_pods(tqs.core, tqs.namespace, "steady"), 30, "one beat pod")
     assert replacement.metadata.name != pod.metadata.name
     slots = run_slots(url, "steady-runs", "steady")
     assert_unique(slots)

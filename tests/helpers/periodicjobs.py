@@ -9,6 +9,9 @@ from typing import Any
 import kubernetes
 import redis
 
+from celery_operator import naming
+from celery_operator.beat.jobs import split_task_id
+from celery_operator.beat.schedule import parse_slot
 from tests.helpers.taskqueues import CustomResources
 from tests.helpers.waiting import wait_for
 
@@ -75,3 +78,47 @@ def recorded(url: str, key: str) -> list[dict[str, Any]]:
         return [json.loads(item) for item in client.lrange(key, 0, -1)]
     finally:
         client.close()
+
+
+def run_slots(url: str, key: str, job: str | None = None) -> list[float]:
+    """The slots of the runs recorded in `key` (their task ids are `<namespace>/<job>@<slot>`), in
+    the order the workers ran them; every run must be of `job` when given."""
+    slots = []
+    for entry in recorded(url, key):
+        parsed = split_task_id(entry["id"])
+        assert parsed is not None, entry
+        if job is not None:
+            assert parsed[1] == job, entry
+        slots.append(parse_slot(parsed[2]))
+    return slots
+
+
+def assert_unique(slots: list[float]) -> None:
+    doubled = sorted({s for s in slots if slots.count(s) > 1})
+    assert not doubled, f"runs sent twice: {doubled}"
+
+
+def assert_consecutive(slots: list[float], step: float) -> None:
+    ordered = sorted(slots)
+    holes = [(a, b) for a, b in zip(ordered, ordered[1:]) if abs(b - a - step) > 1e-6]
+    assert not holes, f"runs missing between {holes}"
+
+
+def state_keys(namespace: str, taskqueue_name: str) -> tuple[str, str]:
+    """The beat state's hashes of a TaskQueue: its jobs, and the last run fired per job."""
+    prefix = naming.beat_key_prefix(namespace, taskqueue_name)
+    return prefix + "jobs", prefix + "fired"
+
+
+def fired(url: str, namespace: str, taskqueue_name: str, job: str) -> float | None:
+    """The slot of the job's last run the beat sent, from the beat's state."""
+    with redis.Redis.from_url(url) as client:
+        value = client.hget(state_keys(namespace, taskqueue_name)[1], job)
+    return None if value is None else float(value)
+
+
+def beat_pods(core: kubernetes.client.CoreV1Api, namespace: str, taskqueue_name: str) -> list[Any]:
+    """The TaskQueue's beat pods that are not being deleted."""
+    selector = f"app.kubernetes.io/instance={taskqueue_name},app.kubernetes.io/component=beat"
+    return [p for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+            if not p.metadata.deletion_timestamp]

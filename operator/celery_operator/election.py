@@ -2,12 +2,17 @@
 
 As controller-runtime does it: the process stands by until it holds the Lease, and only then starts
 kopf, so a standby writes nothing at all (no status, no children, no kopf annotations, no Events)
-and only reads the Lease. The leader renews the Lease from a thread of its own, every retry period;
-once a renewal has not succeeded within the renew deadline (or the Lease shows another holder),
-the process exits at once with LOST_LEADERSHIP_EXIT_CODE and the kubelet restarts it as a standby.
-Every write of the operator's Kubernetes port passes `Elector.check` first, so a leader that wakes
-up late (a frozen node, a long GC pause) stops before its next write rather than after. A clean
-shutdown (SIGTERM) stops kopf, then releases the Lease, and a standby takes over at its next look.
+and only reads the Lease. The leader renews the Lease from a thread of its own, every retry period.
+Once a renewal has not succeeded within the renew deadline, the leader holds every write (the
+deadline is shorter than the Lease's duration, so it has stopped before a standby may take over)
+and keeps looking: if the Lease is still its own when the API server answers again (it was away for
+everyone, as during its restart), it renews it and carries on without a restart; if the Lease shows
+another holder, the process exits at once with LOST_LEADERSHIP_EXIT_CODE and the kubelet restarts it
+as a standby. (controller-runtime exits at the deadline, so an API server restart restarts every
+controller built on it.) Every write of the operator's Kubernetes port passes `Elector.check` first,
+so a leader that wakes up late (a frozen node, a long GC pause) holds its next write rather than
+making it. A clean shutdown (SIGTERM) stops kopf, then releases the Lease, and a standby takes over
+at its next look.
 
 While standing by, the replica serves /healthz itself at kopf's liveness address (kopf serves it
 once it leads): a standby is healthy, and Ready, while its loop goes round, so that the Deployment
@@ -70,6 +75,7 @@ class Elector:
         self._clock, self._wall, self._on_lost = clock, wall, on_lost
         self._sighting: Sighting | None = None
         self._last_renewed: float | None = None  # when the last successful renewal was sent; None: not leading
+        self._held_since: float | None = None  # leading, but writes held since (the deadline passed)
         self._holder_seen: str | None = None
         self._last_error: str | None = None
         self._lock = threading.Lock()
@@ -95,6 +101,11 @@ class Elector:
     def leading(self) -> bool:
         return self._last_renewed is not None
 
+    @property
+    def acting(self) -> bool:
+        """Leading and renewed within the deadline: writes may go out."""
+        return self._last_renewed is not None and renewal_budget(self._last_renewed, self._clock(), self.terms) > 0
+
     # --- one look at the Lease ---------------------------------------------------------------
 
     def attempt(self) -> bool:
@@ -105,6 +116,11 @@ class Elector:
                 return self._attempt(started)
             except KubeError as error:
                 self._note_error(error)
+                if not self.leading:
+                    # time the Lease could not be read does not count towards its expiry: after an
+                    # API server outage the standby waits a whole duration, and a leader that is
+                    # still alive renews first instead of being replaced
+                    self._sighting = None
                 return False
 
     def _attempt(self, started: float) -> bool:
@@ -136,12 +152,18 @@ class Elector:
         self._last_error = None
         if not self.leading:
             self._won(move, record)
+        elif self._held_since is not None:
+            logger.warning("%s renewed the Lease %s again after %.1f s: writes resume", self.identity, self.lease,
+                           self._clock() - self._held_since)
+            metrics.LEADER.set(1)
+        self._held_since = None
         self._last_renewed = started
         return True
 
     def _timeout(self, now: float) -> float:
-        """A leader's request may not outlast its renew deadline; a standby's takes the usual timeout."""
-        if self._last_renewed is None:
+        """A leader's request may not outlast its renew deadline; a standby's, or a leader's that
+        holds its writes (it renews only a Lease it has just read as its own), the usual timeout."""
+        if self._last_renewed is None or self._held_since is not None:
             return self._request_timeout
         return max(0.1, min(self._request_timeout, renewal_budget(self._last_renewed, now, self.terms)))
 
@@ -185,19 +207,36 @@ class Elector:
         self._renewer.start()
 
     def _renew(self) -> None:
+        """Every retry period, a look at the Lease: it renews a Lease still ours (also after the
+        deadline passed), and stops this process once the Lease shows another holder."""
         while not self._stopped.wait(self.terms.retry_period):
-            self.check()  # a thread that woke up late does not renew a Lease it may have lost
             if not self.attempt() and not self._stopped.is_set():
-                self.check()
+                self._hold_if_overdue()
 
     def check(self) -> None:
-        """Stop acting if the renew deadline has passed: the write guard of the operator's Kube."""
-        last = self._last_renewed
-        if last is not None and renewal_budget(last, self._clock(), self.terms) <= 0:
-            self._lose(f"could not renew the Lease {self.lease} within {self.terms.renew_deadline:g} s")
+        """The write guard of the operator's Kube (installed once this replica leads): refuse the write
+        once the renew deadline has passed, or the Lease is lost or released."""
+        if self._last_renewed is None:
+            raise KubeError(0, "NotLeading", f"write held: this replica does not hold the Lease {self.lease}")
+        if self._hold_if_overdue():
+            raise KubeError(0, "LeaseNotRenewed",
+                            f"write held: the Lease {self.lease} was not renewed within {self.terms.renew_deadline:g} s")
+
+    def _hold_if_overdue(self) -> bool:
+        """True (and writes held from now on) when this replica leads but is past its renew deadline."""
+        if self._last_renewed is None or self.acting:
+            return False
+        if self._held_since is None:
+            self._held_since = self._clock()
+            metrics.LEADER.set(0)
+            logger.warning("%s could not renew the Lease %s within %g s: every write held until it is renewed, "
+                           "or this replica exits once it sees another holder", self.identity, self.lease,
+                           self.terms.renew_deadline)
+        return True
 
     def _lose(self, reason: str) -> None:
         self._last_renewed = None
+        self._held_since = None
         self._holder_seen = None
         metrics.LEADER.set(0)
         self._on_lost(reason)

@@ -124,7 +124,7 @@ def test_a_dead_leaders_lease_is_taken_once_it_expired_by_the_standbys_clock(lea
     assert leases.writes[-1] == ("replace", "op-b")
 
 
-def test_a_leader_that_cannot_renew_stops_at_its_deadline_before_the_standby_takes_over(
+def test_a_leader_that_cannot_renew_holds_its_writes_at_the_deadline_before_the_standby_takes_over(
         leases: FakeLeases, clock: Clock) -> None:
     lost: list[str] = []
     a, b = candidate("op-a", leases, clock, lost), candidate("op-b", leases, clock, lost)
@@ -134,14 +134,58 @@ def test_a_leader_that_cannot_renew_stops_at_its_deadline_before_the_standby_tak
     clock.now += 9.9
     assert not a.attempt()
     a.check()
-    assert not lost and a.leading  # within the deadline: still acting
+    assert not lost and a.acting  # within the deadline: still acting
     clock.now += 0.1
-    a.check()  # the write guard, or the renewer after its failed try
-    assert lost and "within 10 s" in lost[0] and not a.leading
+    with pytest.raises(KubeError, match="write held: the Lease celery-system/op-celery-operator was not renewed"):
+        a.check()  # the write guard, before every write
+    assert not a.acting and a.leading and not lost, "held, not gone: the Lease may still be its own"
     leases.unreachable = False
     assert not b.attempt(), "the standby still waits: the leader stopped 5 s before the Lease expires"
     clock.now += 5
     assert b.attempt()
+    assert not a.attempt(), "back in touch, a sees b's Lease"
+    assert lost == ["the Lease celery-system/op-celery-operator is held by op-b now"]
+    with pytest.raises(KubeError):
+        a.check()
+
+
+def test_a_leader_cut_off_with_everyone_renews_its_own_lease_and_resumes(leases: FakeLeases, clock: Clock) -> None:
+    """The API server restarting: nobody can read or write the Lease for longer than it lasts. The
+    leader holds its writes at the deadline; the first to look when it answers again decides."""
+    lost: list[str] = []
+    a, b = candidate("op-a", leases, clock, lost), candidate("op-b", leases, clock, lost)
+    assert a.attempt() and not b.attempt()
+    leases.unreachable = True
+    for _ in range(15):  # 30 s of retries by both
+        clock.now += 2
+        assert not a.attempt() and not b.attempt()
+    with pytest.raises(KubeError):
+        a.check()
+    leases.unreachable = False
+    writes = len(leases.writes)
+    assert a.attempt(), "its own Lease, read back: renewed"
+    a.check()  # writes go out again, without a restart
+    assert a.acting and not lost and leases.writes[writes:] == [("replace", "op-a")]
+    assert not b.attempt(), "the record changed: the standby waits a whole duration again"
+    assert leases.holder() == "op-a"
+
+
+def test_after_an_outage_the_standby_waits_a_whole_duration_so_a_live_leader_renews_first(
+        leases: FakeLeases, clock: Clock) -> None:
+    lost: list[str] = []
+    a, b = candidate("op-a", leases, clock, lost), candidate("op-b", leases, clock, lost)
+    assert a.attempt() and not b.attempt()
+    leases.unreachable = True
+    clock.now += 30
+    assert not b.attempt()
+    leases.unreachable = False
+    assert not b.attempt(), "the outage does not count: the Lease is not expired by what b could see"
+    clock.now += 2
+    assert a.attempt() and not b.attempt(), "the leader, alive, renewed in the meantime"
+    clock.now += 14.9
+    assert not b.attempt()
+    clock.now += 0.2  # a really gone: unchanged for a whole duration b watched
+    assert b.attempt() and leases.holder() == "op-b"
 
 
 def test_a_leader_that_finds_another_holder_stops_at_once(leases: FakeLeases, clock: Clock) -> None:

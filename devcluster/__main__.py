@@ -1,4 +1,4 @@
-"""python -m devcluster build | promtool | kube-router | kube-score | keda | images | up | down | status"""
+"""python -m devcluster build | promtool | kube-router | kube-score | keda | images | up | down | status | keda-up"""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("images", help="build or find the cached images: [KEY ...]; prints each one's size and build time",
                         add_help=False)
     for name, text in (("up", "start the cluster (idempotent)"), ("down", "stop everything the cluster started"),
-                       ("status", "say what runs")):
+                       ("status", "say what runs"),
+                       ("keda-up", "run KEDA (operator and metrics server) in the running cluster (idempotent)")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR, help="the cluster's directory")
     commands.choices["up"].add_argument("--nodes", type=int, default=None,
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from devcluster import keda
 
         return keda.main()
+    if args.command == "keda-up":
+        from devcluster import keda_deploy
+
+        return keda_deploy.main(args.dir)
     if args.command == "up":
         return _up(args)
     if args.command == "down":

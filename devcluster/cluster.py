@@ -35,10 +35,12 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 STOP_ORDER = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Requests made with ServiceAccount tokens outside kube-system (pods' identities, an operator under
-# test) go to DIR/logs/audit.log: benchmarks count them, RBAC tests read the denials.
+# test) go to DIR/logs/audit.log: benchmarks count them, RBAC tests read the denials. Of kube-system
+# only the HPA controller's: what a KEDA-scaled workload costs includes them (bench/bench_keda.py).
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
     "rules": [
+        {"level": "Metadata", "users": ["system:serviceaccount:kube-system:horizontal-pod-autoscaler"]},
         {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
         {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
         {"level": "None"},
@@ -347,6 +349,13 @@ def _apiserver_argv(bin_dir: Path, cluster: Cluster, state: ClusterState) -> lis
         f"--audit-policy-file={cluster.dir / 'audit-policy.yaml'}",
         f"--audit-log-path={cluster.logs_dir / 'audit.log'}", "--audit-log-format=json",
         "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
+        # the aggregation layer: extension API servers (KEDA's external metrics) behind this one
+        f"--requestheader-client-ca-file={tls / (pki.FRONT_PROXY_CA_STEM + '.crt')}",
+        f"--requestheader-allowed-names={pki.FRONT_PROXY_CLIENT.common_name}",
+        "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={tls / (pki.FRONT_PROXY_CLIENT.file_stem + '.crt')}",
+        f"--proxy-client-key-file={tls / (pki.FRONT_PROXY_CLIENT.file_stem + '.key')}",
         "--profiling=false", "--v=1",
     ]
     if state.nodes:
@@ -653,6 +662,28 @@ def stop_node(directory: Path, index: int) -> None:
     survivors = [other for other in range(1, state.nodes + 1) if other != index]
     if survivors:
         network.route_services(state.network, via_index=survivors[0])
+
+
+def restart_apiserver(directory: Path, down_seconds: float = 10, timeout: float = 120) -> None:
+    """The API server goes away as in a control-plane upgrade: its process stops (SIGTERM, then
+    SIGKILL), stays away `down_seconds`, and starts again with the same flags, address and
+    certificates; returns once it answers /readyz. etcd, the controllers, the nodes and every client
+    keep running and have to reconnect by themselves."""
+    with _exclusive(directory.resolve()):
+        cluster = Cluster(directory.resolve())
+        state = cluster.state()
+        pid = _recorded_pid(cluster, "kube-apiserver")
+        if state is None or pid is None:
+            raise ClusterError(f"no running kube-apiserver in {cluster.dir}")
+        # the command line it runs with, not _apiserver_argv's of today: a cluster kept running
+        # across a change of the flags (DEVCLUSTER_DIR) may lack what newer flags need
+        argv = [part.decode() for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if part]
+        _stop(cluster, "kube-apiserver", grace=10)
+        time.sleep(down_seconds)  # the outage itself: clients meet a refused connection meanwhile
+        _launch(cluster, "kube-apiserver", argv)
+        admin = _admin_ssl_context(cluster)
+        _wait_until("kube-apiserver /readyz", lambda: _http_ok(state.server + "/readyz", admin),
+                    timeout, cluster, "kube-apiserver")
 
 
 def _node_stop_rank(component: str) -> tuple[int, str]:

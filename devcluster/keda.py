@@ -42,6 +42,11 @@ def _complete() -> bool:
     return config_dir().is_dir() and all(os.access(bin_dir() / name, os.X_OK) for name in COMMANDS.values())
 
 
+def is_built() -> bool:
+    """Both binaries and the config/ are in the cache (a test that deploys KEDA needs them)."""
+    return _complete()
+
+
 def ldflags(version: str = KEDA_VERSION) -> str:
     """KEDA's Makefile sets version.Version and version.GitCommit; a module has no commit."""
     package = f"{KEDA_MODULE}/version"

@@ -1,6 +1,6 @@
 """Certificates and keys for the devcluster: one CA, the API server's serving certificate,
-client certificates for the admin and the control-plane components, and the ServiceAccount
-token signing key pair. Written once per cluster directory and reused by later `up` calls."""
+client certificates for the admin and the control-plane components, the ServiceAccount
+token signing key pair, and the aggregation layer's front-proxy CA and client certificate. Written once per cluster directory and reused by later `up` calls."""
 
 from __future__ import annotations
 
@@ -33,6 +33,13 @@ CLIENTS = (
     ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
     ClientIdentity("kube-proxy", "system:kube-proxy"),
 )
+
+
+# The aggregation layer: the API server proxies to extension API servers (KEDA's metrics server)
+# with this client certificate, and they trust the X-Remote-* headers only from a certificate
+# signed by this CA with this name (published in kube-system/extension-apiserver-authentication).
+FRONT_PROXY_CA_STEM = "front-proxy-ca"
+FRONT_PROXY_CLIENT = ClientIdentity("front-proxy-client", "front-proxy-client")
 
 
 def node_identity(node_name: str) -> ClientIdentity:
@@ -70,9 +77,10 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.Certific
             .not_valid_after(now + VALIDITY))
 
 
-def _make_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _make_ca(directory: Path, stem: str = "ca", common_name: str = "devcluster-ca",
+             ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _new_key()
-    name = _name("devcluster-ca")
+    name = _name(common_name)
     cert = (_builder(name, name, key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(
@@ -80,8 +88,8 @@ def _make_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
                 key_encipherment=False, data_encipherment=False, key_agreement=False,
                 encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    _write_key(directory / "ca.key", key)
-    _write_cert(directory / "ca.crt", cert)
+    _write_key(directory / f"{stem}.key", key)
+    _write_cert(directory / f"{stem}.crt", cert)
     return cert, key
 
 
@@ -114,6 +122,16 @@ def ensure_client(directory: Path, client: ClientIdentity) -> None:
            ExtendedKeyUsageOID.CLIENT_AUTH, ca_cert, ca_key)
 
 
+def ensure_front_proxy(directory: Path) -> None:
+    """The front-proxy CA and its client certificate, unless they exist already: a CA of their own,
+    so that no other certificate of the cluster's CA can claim to be the proxying API server."""
+    if (directory / f"{FRONT_PROXY_CLIENT.file_stem}.crt").exists():
+        return
+    ca_cert, ca_key = _make_ca(directory, FRONT_PROXY_CA_STEM, "devcluster-front-proxy-ca")
+    _issue(directory, FRONT_PROXY_CLIENT.file_stem, _name(FRONT_PROXY_CLIENT.common_name),
+           ExtendedKeyUsageOID.CLIENT_AUTH, ca_cert, ca_key)
+
+
 def ensure_pki(directory: Path, service_ip: str, apiserver_ips: tuple[str, ...] = ()) -> Path:
     """Create every certificate and key under `directory` unless they already exist; the API
     server's certificate holds 127.0.0.1, `service_ip` and `apiserver_ips` (re-issued when those
@@ -122,6 +140,7 @@ def ensure_pki(directory: Path, service_ip: str, apiserver_ips: tuple[str, ...] 
     ips = sorted({"127.0.0.1", service_ip, *apiserver_ips})
     marker = directory / "complete"
     if marker.exists():
+        ensure_front_proxy(directory)  # a directory made before the aggregation layer was configured
         if marker.read_text().split() != ips:
             ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
             ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
@@ -134,6 +153,7 @@ def ensure_pki(directory: Path, service_ip: str, apiserver_ips: tuple[str, ...] 
         _issue(directory, client.file_stem, _name(client.common_name, client.organization),
                ExtendedKeyUsageOID.CLIENT_AUTH, ca_cert, ca_key)
     _service_account_keys(directory)
+    ensure_front_proxy(directory)
     marker.write_text(" ".join(ips))
     return directory
 

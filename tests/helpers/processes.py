@@ -68,20 +68,23 @@ def redis_server_binary() -> str | None:
 
 
 def start_redis(workdir: Path, timeout: float = 15, port: int | None = None,
-                extra_args: Sequence[str] = (), host: str = "127.0.0.1") -> RedisServer:
+                extra_args: Sequence[str] = (), host: str = "127.0.0.1", persistent: bool = False) -> RedisServer:
     """A throwaway redis-server on `host` (a free port unless given), without persistence. Pods
-    reach a `host` the cluster made on this machine: its bridge address (DevCluster.host_ip)."""
+    reach a `host` the cluster made on this machine: its bridge address (DevCluster.host_ip).
+    `persistent`: an append-only file in `workdir`, fsynced on every write, so that a server stopped
+    and started again on the same `workdir` and port comes back with every key it held."""
     binary = redis_server_binary()
     if binary is None:
         raise RuntimeError("redis-server not found: apt-get install -y redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = workdir / f"redis-{port}.log"
-    with log.open("wb") as out:
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+    with log.open("ab") as out:  # a restart on the same workdir appends to the first run's log
         process = subprocess.Popen(
             # no password, so protected mode would refuse the pods' (non-loopback) connections
             [binary, "--port", str(port), "--bind", host, "--protected-mode", "no", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir), *extra_args],
+             *persistence, "--dir", str(workdir), *extra_args],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     server = RedisServer(process=process, port=port, log=log, host=host)

@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e demo demo-down chart-crds venv system-packages controlplane promtool kube-router kube-score checkov scan images up down status clean
+.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e bench demo demo-down chart-crds venv system-packages controlplane promtool kube-router kube-score keda checkov scan images up down status clean
 
 help:
 	@echo "make demo   - run the main job on this machine (devcluster + operator + sample app)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-unit | test-integration | test-controllers | test-cluster | test-e2e - one tier"
 	@echo "make up | down | status - the local devcluster in .devcluster/default"
 	@echo "make scan   - checkov and kube-score over the chart and the operator's children (docs/security.md)"
+	@echo "make bench  - every benchmark in turn, the summary table of docs/benchmarks.md rewritten (BENCH_ARGS=--quick, --only NAME)"
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +59,13 @@ kube-router: venv
 kube-score: venv
 	$(VPY) -m devcluster kube-score
 
+# KEDA's operator and metrics server from its Go module (devcluster/keda.py), built once into
+# ~/.cache/celery-operator/keda-<version>, and the `keda` image of both; tests/cluster/test_keda.py
+# runs them in a devcluster (devcluster/keda_deploy.py).
+keda: venv system-packages
+	$(VPY) -m devcluster keda
+	$(VPY) -m devcluster images keda
+
 # checkov in a venv of its own: it pins old versions of libraries the test venv needs newer
 # (packaging), so it stays out of the dev extra.
 CHECKOV_VENV := .venv-checkov
@@ -80,7 +88,7 @@ scan: venv controlplane kube-score checkov
 images: venv system-packages
 	$(VPY) -m devcluster images
 
-test: venv system-packages controlplane promtool kube-router kube-score checkov images
+test: venv system-packages controlplane promtool kube-router kube-score keda checkov images
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -93,11 +101,17 @@ test-integration: venv system-packages
 test-controllers: venv
 	$(VPY) -m pytest -m controllers $(PYTEST_ARGS)
 
-test-cluster: venv system-packages controlplane promtool kube-router kube-score checkov images
+test-cluster: venv system-packages controlplane promtool kube-router kube-score keda checkov images
 	$(VPY) -m pytest -m cluster $(PYTEST_ARGS)
 
-test-e2e: venv system-packages controlplane kube-router images
+test-e2e: venv system-packages controlplane kube-router keda images
 	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
+
+# Every bench/bench_*.py in turn with its documented arguments (bench/runner.py: about an hour on
+# 2 cores), each on a devcluster of its own; rewrites the summary table of docs/benchmarks.md.
+BENCH_ARGS ?=
+bench: venv system-packages controlplane kube-router keda images
+	$(VPY) -m bench $(BENCH_ARGS)
 
 # A devcluster in .devcluster/demo, the chart installed, app/examples applied, a burst watched
 # as the workers scale from zero and back; the cluster keeps running until `make demo-down`.

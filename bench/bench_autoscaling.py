@@ -36,6 +36,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import figures  # noqa: E402
 from devcluster import build, cluster  # noqa: E402
 from tests.helpers.devcluster import DevCluster  # noqa: E402
 from tests.helpers.operator import apply_crds, start_operator  # noqa: E402
@@ -243,7 +244,9 @@ def main() -> None:
     parser.add_argument("--start-only", action="store_true", help="only the worker-start figures")
     parser.add_argument("--start-workers", type=int, default=10, help="pods started at once per worker-start run")
     parser.add_argument("--start-trials", type=int, default=1, help="worker-start runs per start")
+    figures.add_argument(parser)
     args = parser.parse_args()
+    headline: list[figures.Figure] = []
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-autoscaling-"))
     cluster.up(workdir / "cluster")
@@ -283,29 +286,41 @@ def main() -> None:
 
     print(f"{'figure':<58} {'value':>10}")
     if not args.drain_only and not args.start_only:
-        for label, figures in (("woken by the first message", reaction), ("poll only, no notifications", polled)):
-            print(f"{'reaction p50, ' + label:<58} {statistics.median(figures):>9.2f}s")
-            print(f"{'reaction p95 (' + str(len(figures)) + ' trials), ' + label:<58} "
-                  f"{percentile(figures, 0.95):>9.2f}s")
-            print(f"{'reaction max, ' + label:<58} {max(figures):>9.2f}s")
+        for label, times in (("woken by the first message", reaction), ("poll only, no notifications", polled)):
+            print(f"{'reaction p50, ' + label:<58} {statistics.median(times):>9.2f}s")
+            print(f"{'reaction p95 (' + str(len(times)) + ' trials), ' + label:<58} "
+                  f"{percentile(times, 0.95):>9.2f}s")
+            print(f"{'reaction max, ' + label:<58} {max(times):>9.2f}s")
+            headline += [
+                figures.Figure(f"reaction p50, {label}", statistics.median(times), "s"),
+                figures.at_most(f"reaction p95 ({len(times)} trials), {label}", percentile(times, 0.95), "s", 2.5),
+            ]
         print(f"{'from zero: first message -> first worker pod Ready':<58} {zero_ready:>9.2f}s")
         print(f"{'from zero: first message -> first task done':<58} {zero_done:>9.2f}s")
-    for label, figures in starts.items():
-        print(f"{'worker start ' + label + ': pod created -> first task, p50':<58} {statistics.median(figures):>9.2f}s")
-        print(f"{'worker start ' + label + ': p95 (' + str(len(figures)) + ' pods)':<58} "
-              f"{percentile(figures, 0.95):>9.2f}s")
+        headline.append(figures.Figure("from zero: first message → first task done", zero_done, "s"))
+    for label, times in starts.items():
+        print(f"{'worker start ' + label + ': pod created -> first task, p50':<58} {statistics.median(times):>9.2f}s")
+        print(f"{'worker start ' + label + ': p95 (' + str(len(times)) + ' pods)':<58} "
+              f"{percentile(times, 0.95):>9.2f}s")
+        headline.append(figures.Figure(f"worker start, {args.start_workers} at once, {label}: pod created → "
+                                       "first task, p50", statistics.median(times), "s"))
     if colds:
         print(f"{f'drain {args.tasks} x 200 ms, {args.replicas} replicas consuming beforehand':<58} {warm:>9.2f}s")
     cores = psutil.cpu_count() or 1
     for label, (cold, cold_cpu) in colds.items():
         print(f"{f'drain from 0 replicas (max {args.replicas}), start ' + label:<58} {cold:>9.2f}s")
         print(f"{'drain ratio (from zero / warm), start ' + label:<58} {cold / warm:>10.2f}")
+        ratio = (f"drain {args.tasks} × 200 ms, from 0 replicas (max {args.replicas}) ÷ on {args.replicas} "
+                 f"consuming beforehand, start {label}")
+        headline.append(figures.at_most(ratio, cold / warm, "", 1.5) if label == "ours"
+                        else figures.Figure(ratio, cold / warm, ""))
         for kind, seconds in cold_cpu.items():
             print(f"{'  from-zero drain: CPU used by ' + kind:<58} {seconds:>9.2f}s")
         print(f"{'  from-zero drain: CPU the machine had (' + str(cores) + ' cores x wall)':<58} {cores * cold:>9.2f}s")
     if not args.drain_only and not args.start_only:
         print(json.dumps({"reaction woken": [round(r, 3) for r in reaction],
                           "reaction polled": [round(r, 3) for r in polled]}))
+    figures.report(args.figures, headline)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devcluster runs from the checkout
 
+from bench import figures  # noqa: E402
 from devcluster import build, cluster  # noqa: E402
 
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=1, help="real nodes (0 = the control plane alone)")
+    figures.add_argument(parser)
     args = parser.parse_args()
 
     build_seconds, _ = _timed(build.build)
@@ -58,6 +60,14 @@ def main() -> None:
     for name, mib in memory.items():
         print(f"{'RSS ' + name:<44} {mib:>9.0f}MiB")
     print(f"{'RSS control plane and nodes total':<44} {sum(memory.values()):>9.0f}MiB")
+    nodes = f"{args.nodes} node{'s' if args.nodes != 1 else ''}"
+    figures.report(args.figures, [
+        figures.Figure("devcluster: cached `build` call", build_seconds * 1000, "ms"),
+        figures.Figure(f"devcluster `up`, {nodes}, images cached, median of {args.runs}",
+                       statistics.median(up_times), "s"),
+        figures.Figure("devcluster `down`, median", statistics.median(down_times), "s"),
+        figures.Figure(f"devcluster RSS, control plane and {nodes}", sum(memory.values()), "MiB"),
+    ])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import figures  # noqa: E402
 from tests.helpers import operator_ha as ha  # noqa: E402
 from tests.helpers.devcluster import DevCluster, own_cluster  # noqa: E402
 from tests.helpers.taskqueues import TaskQueues, taskqueue  # noqa: E402
@@ -90,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=6, help="trials in all, alternating dead and graceful")
     parser.add_argument("--nodes", type=int, default=2)
+    figures.add_argument(parser)
     args = parser.parse_args()
     results: dict[str, list[dict[str, float]]] = {"dead": [], "graceful": []}
     with tempfile.TemporaryDirectory(prefix="bench-takeover-") as workdir, \
@@ -103,23 +105,28 @@ def main() -> None:
             for number in range(args.trials):
                 how = ("dead", "graceful")[number % 2]
                 try:
-                    figures = trial(devcluster, tqs, how, concurrency=number + 2)
+                    measured = trial(devcluster, tqs, how, concurrency=number + 2)
                 except ConditionNotMet:
                     print(diagnostics(devcluster), flush=True)
                     raise
-                results[how].append(figures)
-                print(f"trial {number + 1} ({how}): " + ", ".join(f"{k} {v:.2f} s" for k, v in figures.items()),
+                results[how].append(measured)
+                print(f"trial {number + 1} ({how}): " + ", ".join(f"{k} {v:.2f} s" for k, v in measured.items()),
                       flush=True)
         finally:
             tqs.close()
     print("\n| leader | trials | lease p50 / p95 | first write p50 / p95 | reconciled p50 / p95 |")
     print("|---|---|---|---|---|")
+    headline: list[figures.Figure] = []
     for how, runs in results.items():
         if not runs:
             continue
+        for key, label in (("lease", "Lease taken"), ("reconciled", "change reconciled")):
+            headline += [figures.Figure(f"takeover, {how} leader ({len(runs)} trials): {label}, p{percent}",
+                                        percentile([r[key] for r in runs], percent / 100), "s") for percent in (50, 95)]
         cells = [f"{percentile([r[key] for r in runs], 0.5):.1f} / {percentile([r[key] for r in runs], 0.95):.1f} s"
                  for key in ("lease", "first write", "reconciled")]
         print(f"| {how} | {len(runs)} | " + " | ".join(cells) + " |")
+    figures.report(args.figures, headline)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ import kubernetes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import figures  # noqa: E402
 from devcluster import cluster, images, network  # noqa: E402
 
 IDLE_PROGRAM = "import time\nwhile True: time.sleep(3600)"
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1,10,50")
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--probes", action="store_true")
+    figures.add_argument(parser)
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
 
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster_dir = Path(tempfile.mkdtemp(prefix="bench-pods-")) if own_dir else args.dir
     running = cluster.up(cluster_dir)
     rows: list[tuple[str, str]] = []
+    headline: list[figures.Figure] = []
     try:
         client = kubernetes.config.new_client_from_config(config_file=str(running.kubeconfig))
         core = kubernetes.client.CoreV1Api(client)
@@ -126,10 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             for size in sizes:
                 seconds = time_to_ready(client, namespace, f"bench-{size}", size)
                 report(f"Deployment of {size} pod(s): create -> all Ready", f"{seconds:.2f} s")
+                headline.append(figures.Figure(f"Deployment of {size} pod(s) on a real node: create → all Ready",
+                                               seconds, "s"))
                 if size == max(sizes):
                     time.sleep(5)  # let the start-up settle before measuring the idle cost
                     cpu = node_cpu_per_minute(cluster_dir, args.idle_seconds)
                     report(f"node CPU with {size} idle pods (user+sys)", f"{cpu:.2f} s/min")
+                    headline.append(figures.Figure(f"node CPU with {size} idle pods (kubelet, containerd, "
+                                                   "kube-proxy, shims)", cpu, "s per minute"))
                 remove(client, namespace, f"bench-{size}")
             if args.probes:
                 size = max(sizes)
@@ -137,17 +145,21 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(5)
                 cpu = node_cpu_per_minute(cluster_dir, args.idle_seconds)
                 report(f"node CPU with {size} idle pods, exec readiness probe every 10 s", f"{cpu:.2f} s/min")
+                headline.append(figures.Figure(f"node CPU with {size} idle pods, exec readiness probe every 10 s",
+                                               cpu, "s per minute"))
                 remove(client, namespace, "bench-probed")
         finally:
             core.delete_namespace(namespace)
     finally:
         if own_dir:
             cluster.down(cluster_dir)
+            shutil.rmtree(cluster_dir, ignore_errors=True)
     width = max(len(label) for label, _ in rows)
     print(f"{'measurement':<{width}}  result")
     print(f"{'-' * width}  ------")
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+    figures.report(args.figures, headline)
     return 0
 
 

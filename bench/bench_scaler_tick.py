@@ -29,6 +29,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devcluster runs from the checkout
 
+from bench import figures  # noqa: E402
 from devcluster.ports import free_port  # noqa: E402
 from celery import Celery
 from celery_operator.broker.depth import RedisDepthReader
@@ -168,13 +169,27 @@ def measure(url: str, queues: list[str], method: str, iterations: int, table: He
     }
 
 
+def tick_figures(queues: int, method: str, unacked: int, r: dict[str, float]) -> list[figures.Figure]:
+    """The target (one round trip, ≤ 20 ms of operator CPU per tick) is the default Lua path's."""
+    label = f"scaler tick, {queues} queues, {method}, {unacked} reserved"
+    cpu = f"{label}: operator CPU per tick (read + decide)"
+    return [
+        figures.exactly(f"{label}: round trips per read", r["round_trips"], "", 1),
+        figures.at_most(cpu, r["tick_cpu_ms"], "ms", 20) if method == "lua"
+        else figures.Figure(cpu, r["tick_cpu_ms"], "ms"),
+        figures.Figure(f"{label}: Redis time per read", r["server_ms"], "ms"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--queues", type=int, default=400)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--unacked", default="0,400,2000", help="sizes of the unacked hash to try")
     parser.add_argument("--workers-per-queue", type=int, default=2)
+    figures.add_argument(parser)
     args = parser.parse_args()
+    headline: list[figures.Figure] = []
 
     directory = Path(tempfile.mkdtemp(prefix="bench-scaler-"))
     process, url = start_redis(directory)
@@ -200,9 +215,11 @@ def main() -> None:
                 print(f"{method:<9} {unacked:>7} {r['round_trips']:>11.0f} {r['server_commands']:>11.0f} "
                       f"{r['read_wall_ms']:>8.2f}ms {r['read_cpu_ms']:>7.2f}ms {r['tick_cpu_ms']:>7.2f}ms "
                       f"{r['server_ms']:>8.2f}ms")
+                headline += tick_figures(args.queues, method, unacked, r)
             client.flushdb()
         print("tick CPU = read + heartbeat-table lookup + decide() for every queue, operator process only;")
         print("redis time = time the server spent per read (blocking other clients for a script).")
+        figures.report(args.figures, headline)
     finally:
         process.terminate()
         process.wait(10)

@@ -27,6 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devcluster runs from the checkout
 
+from bench import figures  # noqa: E402
 from devcluster import build, cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--settle", type=float, default=60, help="seconds to watch for writes once all are Ready")
     parser.add_argument("--timeout", type=float, default=900)
+    figures.add_argument(parser)
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-taskqueues-"))
@@ -151,6 +153,14 @@ def main() -> None:
     print(f"{'writes per minute once settled':<48} {settled_writes * 60 / window:>14.1f}")
     print(f"{'requests per minute once settled (all verbs)':<48} {sum(settled.values()) * 60 / window:>14.1f}")
     print(f"{'operator peak RSS':<48} {rss:>12.0f}MiB")
+    figures.report(args.figures, [
+        figures.Figure(f"{args.count} TaskQueues: operator start → all Ready", all_ready - started, "s"),
+        figures.Figure(f"{args.count} TaskQueues: API requests per TaskQueue to get there",
+                       sum(to_ready.values()) / args.count, ""),
+        figures.exactly(f"{args.count} TaskQueues: writes per minute once settled", settled_writes * 60 / window,
+                        "", 0),
+        figures.Figure(f"{args.count} TaskQueues: operator peak RSS", rss, "MiB"),
+    ])
 
 
 if __name__ == "__main__":

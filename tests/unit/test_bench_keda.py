@@ -85,3 +85,21 @@ def test_the_docs_section_is_replaced_between_its_markers_or_appended() -> None:
     assert replaced.count(race.DOCS_START) == 1
     appended = race.replace_section("# Benchmarks\n", "first")
     assert appended.index(race.DOCS_START) < appended.index("first") < appended.index(race.DOCS_END)
+
+
+def test_the_headline_gives_keda_tuned_over_ours_and_holds_reactions_to_the_bar() -> None:
+    first = race.Table("First message on a queue at zero (5 trials, p50 / p95)")
+    first.add("message → replicas > 0", {}, "313.5× / 21.0×")
+    first.add("message → its task done", {}, "11.6× / 1.7×")
+    busy = race.Table("A burst (8 × 2 s) on a queue already busy on one replica (5 trials, p50 / p95)")
+    busy.add("burst → replicas rise", {}, "7.3× / 5.0×")
+    outcomes = race.Table("Scale-down safety: 2 tasks")
+    outcomes.add("acks_late", {"ours": "2 / 0 / 0 / 0"})
+    found = {f.name: f for f in race.headline([first, busy, outcomes])}
+    assert set(found) == {"KEDA tuned ÷ ours, First message on a queue at zero: message → replicas > 0",
+                          "KEDA tuned ÷ ours, First message on a queue at zero: message → its task done",
+                          "KEDA tuned ÷ ours, A burst: burst → replicas rise"}
+    reaction = found["KEDA tuned ÷ ours, First message on a queue at zero: message → replicas > 0"]
+    assert (reaction.value, reaction.target, reaction.met) == (21.0, "≥ 10×", True)
+    assert found["KEDA tuned ÷ ours, A burst: burst → replicas rise"].met is False
+    assert found["KEDA tuned ÷ ours, First message on a queue at zero: message → its task done"].target is None

@@ -78,6 +78,13 @@ class QueueOutcome:
 
 # --- the daemon's pace ----------------------------------------------------------------------------
 
+def transient_failure(error: Exception) -> str | None:
+    """A one-line account of a tick that failed for a reason the next tick retries by itself (the
+    API server unreachable or refusing a request), or None for anything else: a bug, worth its
+    traceback."""
+    return str(error) if isinstance(error, KubeError) else None
+
+
 async def sleep_until_next_tick(stopped: Any, woken: asyncio.Event, seconds: float, ticked_at: float) -> None:
     """Sleep `seconds`, or less: until the daemon is stopped or a queue at zero gets a message. A
     wake-up comes no sooner than WAKE_GAP_SECONDS after the last tick began (loop.time()), so a flood

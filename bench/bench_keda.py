@@ -64,7 +64,7 @@ import kubernetes  # noqa: E402
 import redis  # noqa: E402
 
 from bench import figures, runner  # noqa: E402
-from devcluster import keda, keda_deploy  # noqa: E402
+from devcluster import build, keda, keda_deploy  # noqa: E402
 from tests.helpers import operator_ha  # noqa: E402
 from tests.helpers.devcluster import DevCluster, own_cluster  # noqa: E402
 from tests.helpers.processes import RedisServer, start_redis  # noqa: E402
@@ -670,9 +670,16 @@ LATE_ACK_ENV = [{"name": "CELERY_TASK_ACKS_LATE", "value": "true"}]
 
 
 @contextlib.contextmanager
-def race_cluster(directory: Path) -> Iterator[tuple[DevCluster, RedisServer]]:
-    with own_cluster(directory / "cluster", nodes=1) as handle:
-        keda_deploy.deploy(handle.dir)
+def race_cluster(directory: Path, existing: Path | None = None) -> Iterator[tuple[DevCluster, RedisServer]]:
+    """A cluster of its own with KEDA, or the running cluster in `existing` that has KEDA already
+    (keda_deploy.deploy); the chart's operator and a Redis on the host."""
+    if existing is None:
+        clustered = own_cluster(directory / "cluster", nodes=1)
+    else:
+        clustered = contextlib.nullcontext(DevCluster(dir=existing.resolve(), bin_dir=build.bin_dir()))
+    with clustered as handle:
+        if existing is None:
+            keda_deploy.deploy(handle.dir)
         # one replica, and the chart's own resync (the helper's install sets the tests' 2 s)
         operator_ha.install(handle, "--set", "replicaCount=1", "--set", "config.resyncSeconds=10")
         handle.kubectl("create", "namespace", NAMESPACE)
@@ -689,7 +696,7 @@ def progress(text: str, started: float) -> None:
     print(f"bench_keda {time.monotonic() - started:6.0f} s: {text}", file=sys.stderr, flush=True)
 
 
-def run(quick: bool, trials: int) -> tuple[list[Table], list[str]]:
+def run(quick: bool, trials: int, existing: Path | None = None) -> tuple[list[Table], list[str]]:
     """Every scenario's table, and the scenarios that failed (each said on stderr, the others still run)."""
     tasks = 40 if quick else 200
     started = time.monotonic()
@@ -712,7 +719,7 @@ def run(quick: bool, trials: int) -> tuple[list[Table], list[str]]:
 
     with tempfile.TemporaryDirectory(prefix="bench-keda-") as scratch:
         progress("a cluster with KEDA, the operator and a Redis", started)
-        with race_cluster(Path(scratch)) as (handle, broker):
+        with race_cluster(Path(scratch), existing) as (handle, broker):
             race = Race(handle, broker)
             try:
                 race.start({"early": [], "late": LATE_ACK_ENV})
@@ -753,12 +760,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 trial each, 40-task bursts, short windows")
     parser.add_argument("--trials", type=int, default=None, help="trials of the reaction scenarios (default 5, quick 1)")
+    parser.add_argument("--cluster", type=Path, default=None, metavar="DIR",
+                        help="run in the devcluster in DIR, KEDA deployed there already (python -m devcluster "
+                             "keda-up --dir DIR), instead of a cluster of its own")
     parser.add_argument("--write-docs", action="store_true", help=f"write the tables into {DOCS.relative_to(ROOT)}")
     figures.add_argument(parser)
     args = parser.parse_args(argv)
     trials = args.trials or (1 if args.quick else 5)
     started = time.monotonic()
-    tables, failed = run(args.quick, trials)
+    tables, failed = run(args.quick, trials, args.cluster)
     took = time.monotonic() - started
     stamp = datetime.date.today().isoformat()
     command = "bench/bench_keda.py" + (" --quick" if args.quick else "") + (f" --trials {args.trials}" if args.trials else "")

@@ -1,16 +1,20 @@
 """KEDA runs for real in a devcluster of its own (devcluster/keda_deploy.py): its external metrics
 API answers through the aggregation layer, and a ScaledObject with KEDA's Redis-list scaler takes a
-Deployment from zero when a message arrives on a host Redis, its HPA scaling on from there."""
+Deployment from zero when a message arrives on a host Redis, its HPA scaling on from there. On the
+same cluster, last, the KEDA benchmark's quick run (bench/bench_keda.py) against the operator."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench import bench_keda, figures
 from devcluster import images, keda, keda_deploy
 from tests.helpers.devcluster import DevCluster, own_cluster
 from tests.helpers.processes import RedisServer, start_redis
@@ -23,6 +27,7 @@ pytestmark = [
                                                    "(python -m devcluster keda)"),
 ]
 
+ROOT = Path(__file__).resolve().parents[2]
 NAME = "keda-sleeper"
 LIST = "keda-test-queue"
 
@@ -113,3 +118,27 @@ def test_redis_list_scaler_activates_from_zero_and_its_hpa_scales_on(
     assert external and external[0]["metric"]["name"].startswith("s0-redis-"), hpa["status"]
     assert external[0]["current"].get("averageValue"), hpa["status"]
     print(f"HPA read the external metric, {time.monotonic() - pushed:.1f}s from the first message to 3 replicas")
+    keda_cluster.kubectl("delete", "scaledobject,deployment", "-n", "default", NAME, "--wait=false")
+
+
+BENCH_TABLES = ("First message on a queue at zero", "Drain:", "A burst", "Priorities:", "Scale-down safety:", "Idle:")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(2400)
+def test_the_keda_benchmark_measures_every_cell_in_its_quick_run(keda_cluster: DevCluster) -> None:
+    """bench/bench_keda.py --quick on this cluster (KEDA deployed by the fixture): KEDA's defaults,
+    KEDA tuned and the chart's operator, every scenario once. A cell it could not measure makes it
+    exit non-zero naming the cell; a table missing from its output fails here. Last in the module: it
+    leaves the chart, its namespace and KEDA's objects behind."""
+    figures_file = keda_cluster.dir / "bench-figures.jsonl"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_keda.py"), "--quick",
+                             "--cluster", str(keda_cluster.dir), "--figures", str(figures_file)],
+                            capture_output=True, text=True, timeout=2300, cwd=ROOT)
+    report = f"stdout:\n{result.stdout[-6000:]}\nstderr:\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, report
+    for title in BENCH_TABLES:
+        assert f"**{title}" in result.stdout, f"no table {title!r}\n{report}"
+    assert bench_keda.NOT_MEASURED not in result.stdout, report
+    headline = figures.parse(figures_file.read_text())
+    assert headline and all(f.unit == "×" and f.value > 0 for f in headline), headline

@@ -147,6 +147,13 @@ def restarts(devcluster: DevCluster) -> dict[str, int]:
             for name, pod in ha.operator_pods(devcluster).items()}
 
 
+def last_terminations(devcluster: DevCluster) -> dict[str, object]:
+    """Why each operator container last stopped (the kubelet's reason and exit code), for a failure."""
+    return {name: [status.get("lastState", {}).get("terminated")
+                   for status in pod["status"].get("containerStatuses", [])]
+            for name, pod in ha.operator_pods(devcluster).items()}
+
+
 def test_the_charts_elected_leader_holds_its_writes_through_the_restart_and_carries_on(
         chart_cluster: DevCluster, tmp_path: Path) -> None:
     """The chart's two replicas: the API server is away longer than the leader's renew deadline, so
@@ -170,7 +177,8 @@ def test_the_charts_elected_leader_holds_its_writes_through_the_restart_and_carr
         tqs.patch_spec(name, {"workers": {"concurrency": 3}})
         wait_for(lambda: worker_concurrency(tqs, name) == "3", 60, "a spec change reconciled after the restart")
         assert ha.holder(devcluster) == leader, "the same replica leads"
-        assert restarts(devcluster) == before, f"an operator pod restarted: {restarts(devcluster)} (was {before})"
+        assert restarts(devcluster) == before, (f"an operator pod restarted: {restarts(devcluster)} (was {before}); "
+                                                f"{last_terminations(devcluster)}")
         log = ha.pod_log(devcluster, leader)
         assert "every write held" in log and "writes resume" in log, log[-4000:]
     finally:

@@ -127,6 +127,14 @@ def test_fixed_queue_with_zero_replicas_keeps_the_zero() -> None:
     assert build_worker_deployment(OWNER, spec, spec.queues[0])["spec"]["replicas"] == 0
 
 
+def test_worker_pods_share_their_process_namespace_so_celery_is_not_pid_1() -> None:
+    """A PID 1 without a SIGTERM handler yet ignores SIGTERM: a worker scaled away while it starts
+    would run on and be killed mid-task at the end of its grace period."""
+    spec = parse()
+    for queue in spec.queues:
+        assert build_worker_deployment(OWNER, spec, queue)["spec"]["template"]["spec"]["shareProcessNamespace"] is True
+
+
 def test_worker_env_user_first_broker_last_and_user_broker_url_dropped() -> None:
     spec = parse(
         env=[{"name": "DJANGO_DEBUG", "value": "0"}, {"name": "CELERY_BROKER_URL", "value": "redis://sneaky"}],

@@ -74,6 +74,12 @@ def build_worker_deployment(owner: ObjectIdentity, spec: TaskQueueSpec, queue: Q
     # Ready = consuming: the kubelet counts the pod Ready only once the operator has seen its worker
     # heartbeat (workerhealth.py), so rollouts and availability count workers that take tasks.
     template["spec"]["readinessGates"] = [{"conditionType": naming.CONDITION_CONSUMING}]
+    # The pause container is PID 1 then, not Celery: the kernel drops a SIGTERM sent to a namespace's
+    # PID 1 that has no handler yet, so a worker scaled away while it starts (the ReplicaSet removes
+    # unready pods first) would ignore it, start consuming, and be killed mid-task at the end of its
+    # grace period. As any other PID, it stops at once before Celery's handlers exist (it has taken
+    # no task yet) and shuts down warm after.
+    template["spec"]["shareProcessNamespace"] = True
     return deployment(
         owner,
         name=naming.worker_name(owner.name, queue.name),

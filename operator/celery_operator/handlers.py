@@ -102,7 +102,7 @@ async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid:
         return list(worker_pods.get((namespace, name, queue_dns), []))
 
     woken = runtime.wakeups.register(uid)
-    last_failure: str | None = None
+    failures = scaler.TickFailures()
     try:
         while not stopped:
             woken.clear()
@@ -112,14 +112,9 @@ async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid:
             try:
                 settled = await loop.run_in_executor(runtime.scaler_pool, scaler.tick, runtime, body, children,
                                                      pods_of)
-                last_failure = None
+                failures.succeeded()
             except Exception as error:  # the next tick is the retry; the loop must outlive one bad tick
-                transient = scaler.transient_failure(error)
-                if transient is None:
-                    logger.exception("scaler tick failed")
-                elif transient != last_failure:  # once, not every tick of an API server outage
-                    logger.warning("scaler tick failed, retried every tick: %s", transient)
-                last_failure = transient
+                failures.failed(error, logger)
             await scaler.sleep_until_next_tick(stopped, woken, scaler.next_tick_in(body, settled), ticked_at)
     finally:
         runtime.wakeups.forget(uid)

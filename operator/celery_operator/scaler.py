@@ -85,6 +85,25 @@ def transient_failure(error: Exception) -> str | None:
     return str(error) if isinstance(error, KubeError) else None
 
 
+class TickFailures:
+    """How a daemon's failed ticks are logged: a bug with its traceback every time; a failure the
+    next tick retries by itself in one line, once per distinct error (not every tick of an outage)."""
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def succeeded(self) -> None:
+        self._last = None
+
+    def failed(self, error: Exception, log: logging.Logger) -> None:
+        transient = transient_failure(error)
+        if transient is None:
+            log.error("scaler tick failed", exc_info=error)
+        elif transient != self._last:
+            log.warning("scaler tick failed, retried every tick: %s", transient)
+        self._last = transient
+
+
 async def sleep_until_next_tick(stopped: Any, woken: asyncio.Event, seconds: float, ticked_at: float) -> None:
     """Sleep `seconds`, or less: until the daemon is stopped or a queue at zero gets a message. A
     wake-up comes no sooner than WAKE_GAP_SECONDS after the last tick began (loop.time()), so a flood

@@ -9,11 +9,12 @@ because the operator is the authority for the fields it applies.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -55,6 +56,7 @@ RESOURCE_TYPES: Final[tuple[ResourceType, ...]] = (
 )
 _BY_KIND: Final = {(r.api_version, r.kind): r for r in RESOURCE_TYPES}
 
+NAMESPACE_TERMINATING: Final = "NamespaceTerminating"  # core/v1 NamespaceTerminatingCause
 APPLY_PATCH: Final = "application/apply-patch+yaml"
 MERGE_PATCH: Final = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH: Final = "application/strategic-merge-patch+json"
@@ -70,27 +72,45 @@ def resource_type(api_version: str, kind: str) -> ResourceType:
 class KubeError(RuntimeError):
     """A request the API server refused or could not answer; `status` is the HTTP status (0 = no answer)."""
 
-    def __init__(self, status: int, reason: str, message: str):
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()):
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # the types of the Status's details.causes
 
     @property
     def not_found(self) -> bool:
         return self.status == 404
 
+    @property
+    def namespace_terminating(self) -> bool:
+        """A create refused because the namespace is being deleted (with everything in it)."""
+        return self.status == 403 and NAMESPACE_TERMINATING in self.causes
 
 
 def _kube_error(status: int | None, reason: str | None, body: bytes | str | None) -> KubeError:
-    """The API server's Status message when it sent one, else the HTTP reason."""
-    message, kind = reason or "", reason or ""
+    """The API server's Status message and causes when it sent one, else the HTTP reason."""
+    message, kind, causes = reason or "", reason or "", ()
     try:
         parsed = json.loads(body or "{}")
         message, kind = parsed.get("message", message), parsed.get("reason", kind)
+        causes = tuple(str(cause.get("type")) for cause in (parsed.get("details") or {}).get("causes") or [])
     except (TypeError, ValueError, AttributeError):
         pass
-    return KubeError(status or 0, kind, message)
+    return KubeError(status or 0, kind, message, causes)
+
+
+@contextlib.contextmanager
+def unless_namespace_terminating(namespace: str, what: str) -> Iterator[None]:
+    """Ends a pass quietly once its namespace is being deleted: the API server refuses every create
+    there and takes the object away with the rest, so there is nothing to retry or report."""
+    try:
+        yield
+    except KubeError as error:
+        if not error.namespace_terminating:
+            raise
+        logger.info("%s: namespace %s is being deleted; nothing more is created in it", what, namespace)
 
 
 class Kube:

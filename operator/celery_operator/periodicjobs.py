@@ -33,6 +33,7 @@ from .beat.state import StateLocation
 from .broker.urls import BrokerUnavailable
 from .children import Children, Manifest
 from .conditions import Condition, format_time
+from .kube import unless_namespace_terminating
 from .models import ObjectIdentity, PeriodicJobSpec, SpecError, TaskQueueSpec
 from .reasons import PeriodicJobReady as Ready
 from .runtime import Runtime
@@ -212,12 +213,14 @@ def reconcile_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: 
     """
     identity = ObjectIdentity.from_body(body)
     moment = time.time() if now is None else now
-    with runtime.lock_for(identity.uid):
+    going_away = unless_namespace_terminating(identity.namespace, f"PeriodicJob {identity.name}")
+    with runtime.lock_for(identity.uid), going_away:
         if moved_from is not None:
             remove_from_taskqueue(runtime, body, *moved_from)
         outcome = sync_job(runtime, body, taskqueue, Children(children), moment)
         status = compose_status(body, outcome, datetime.datetime.fromtimestamp(moment, datetime.timezone.utc))
-        publish(runtime.kube, body, STATUS, status, runtime.settings.field_manager, EVENTS)
+        publish(runtime.kube, body, STATUS, status, runtime.settings.field_manager, EVENTS,
+                runtime.status_writes)
 
 
 def remove_from_taskqueue(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,

@@ -26,7 +26,7 @@ from .broker.probe import ProbeResult
 from .broker.urls import BrokerUnavailable, is_redis_url, redact
 from .children import ChildKey, Children, Manifest, Rollout, child_key, controller_uid, decode_secret_value
 from .conditions import Condition
-from .kube import KubeError
+from .kube import KubeError, unless_namespace_terminating
 from .models import ObjectIdentity, SpecError, TaskQueueSpec, validate_taskqueue_name
 from .podfailures import PodFailure, deployment_failure
 from .reasons import PROGRESS, BeatReady, BrokerAcceptingWrites, BrokerReady, Ready, WorkersReady
@@ -527,8 +527,9 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
     """
     identity = ObjectIdentity.from_body(body)
     moment = now or datetime.datetime.now(datetime.timezone.utc)
-    with runtime.lock_for(identity.uid):
+    going_away = unless_namespace_terminating(identity.namespace, f"TaskQueue {identity.name}")
+    with runtime.lock_for(identity.uid), going_away:
         verdict = converge(runtime, body, Children(observed), list(referring), moment.timestamp())
         record_beat_up(identity, verdict)
         publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),
-                runtime.settings.field_manager, EVENTS)
+                runtime.settings.field_manager, EVENTS, runtime.status_writes)

@@ -15,6 +15,7 @@ from typing import Any
 from .ports import BeatStatePort, BrokerPort, KubePort
 from .scaling_policy import History
 from .settings import Settings
+from .status import LastWrites
 from .workerhealth import PodMemory
 
 
@@ -62,6 +63,7 @@ class Runtime:
     brokers: BrokerPort
     beat_state: BeatStatePort
     wakeups: Wakeups = field(default_factory=Wakeups)
+    status_writes: LastWrites = field(default_factory=LastWrites)  # what each writer last wrote of each status
     # broker reads block for up to their timeout: a pool of their own, so slow brokers never
     # starve kopf's handler threads or one another
     scaler_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, "scaler"))
@@ -90,6 +92,7 @@ class Runtime:
             self._locks.pop(uid, None)
             self._memory.pop(uid, None)
             self._brokers_read.discard(uid)
+        self.status_writes.forget(uid)
         self.brokers.release(uid)
 
     def close(self) -> None:

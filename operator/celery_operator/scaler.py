@@ -442,7 +442,8 @@ def tick(runtime: Runtime, body: Mapping[str, Any], observed: Sequence[Manifest]
     session.watch_idle_queues(identity.uid, [outcome.name for outcome in outcomes if outcome.idle_at_zero])
     ever_read = runtime.broker_ever_read(identity.uid)
     status = compose_scaler_status(body, identity, spec, outcomes, unreadable, ever_read)
-    publish(runtime.kube, body, STATUS, status, runtime.settings.scaler_field_manager, outage_events)
+    publish(runtime.kube, body, STATUS, status, runtime.settings.scaler_field_manager, outage_events,
+            runtime.status_writes)
     metrics.TICK_SECONDS.observe(time.perf_counter() - started)
     # a queue at zero is only watched for arrivals once it has its Deployment
     every_deployment = all(view.deployment is not None for view in views if view.queue.autoscaled)

@@ -64,6 +64,7 @@ class FakeKube:
         self.pods: list[Manifest] = []
         self.events: list[tuple[str, str, str, str]] = []  # (involved name, type, reason, message)
         self.writes: list[tuple[str, str, str]] = []
+        self.terminating: set[str] = set()  # namespaces being deleted: creates there are refused
 
     # --- test helpers ---------------------------------------------------------------------------
 
@@ -144,6 +145,9 @@ class FakeKube:
         key = (manifest["kind"], metadata["namespace"], metadata["name"])
         self.writes.append(("apply", manifest["kind"], metadata["name"]))
         previous = self.objects.get(key)
+        if previous is None and metadata["namespace"] in self.terminating:
+            raise KubeError(403, "Forbidden", f"unable to create new content in namespace {metadata['namespace']} "
+                            "because it is being terminated", causes=("NamespaceTerminating",))
         body = copy.deepcopy(dict(manifest))
         if previous is None:
             body["metadata"].update(uid=f"child-{next(_UIDS)}", generation=1, managedFields=[

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from celery_operator import reconcile
+from celery_operator.kube import KubeError
 from tests.controllers.fakes import FakeKube, fake_runtime
 from tests.helpers.specs import every_removable_field
 
@@ -315,3 +316,33 @@ def test_an_unreachable_broker_is_told_and_heals() -> None:
     cluster.runtime.brokers.unreachable.clear()  # type: ignore[attr-defined]
     cluster.reconcile()
     assert cluster.condition("Ready")["status"] == "True"
+
+
+def test_a_pass_with_a_body_read_before_the_last_status_write_repeats_neither_the_write_nor_the_event() -> None:
+    """A timer and a change handler of one TaskQueue may both hold the body of before the edit."""
+    cluster = Cluster({**SPEC, "broker": {"url": "redis://redis.shared:6379/0"}})
+    cluster.settle()
+    cluster.edit({**SPEC, "broker": {"urlSecretRef": {"name": "absent", "key": "url"}}})
+    before_the_write = cluster.kube.body("TaskQueue", "shop")
+    cluster.reconcile()
+    assert cluster.condition("Ready")["reason"] == "BrokerSecretNotFound"
+    mark, events = len(cluster.kube.writes), list(cluster.kube.events)
+    reconcile.reconcile_taskqueue(cluster.runtime, before_the_write, cluster.kube.children_of(cluster.uid), [])
+    assert cluster.kube.writes_since(mark) == [] and cluster.kube.events == events
+    assert [reason for _, _, reason, _ in events].count("BrokerSecretNotFound") == 1
+
+
+def test_a_pass_in_a_namespace_being_deleted_ends_quietly_and_other_refusals_still_raise() -> None:
+    cluster = Cluster()
+    cluster.kube.terminating.add("ns")
+    cluster.reconcile()  # returns: nothing can be created there, nothing to retry or report
+    assert cluster.kube.child("Secret", "shop-broker") is None and cluster.kube.events == []
+    cluster.kube.terminating.clear()
+    cluster.settle()
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise KubeError(403, "Forbidden", "secrets is forbidden: User cannot create", ())
+    cluster.kube.apply_status = refuse  # type: ignore[method-assign]
+    cluster.edit({**SPEC, "queues": [{"name": "fast", "replicas": 2}]})
+    with pytest.raises(KubeError):
+        cluster.reconcile()

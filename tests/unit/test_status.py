@@ -11,7 +11,7 @@ from celery_operator.beat.state import StateLocation
 from celery_operator.builders.beat import BeatOptions
 from celery_operator.conditions import Condition
 from celery_operator.reconcile import BrokerAccess
-from celery_operator.status import HeadlineEvents, StatusPart, publish
+from celery_operator.status import HeadlineEvents, LastWrites, StatusPart, publish
 
 pytestmark = pytest.mark.unit
 
@@ -66,12 +66,37 @@ class Writer:
         self.events.append((event_type, reason, message))
 
 
+def body(status: dict) -> dict:
+    return {"metadata": {"uid": "u1"}, "status": status}
+
+
 def test_publish_writes_a_change_once_with_its_event() -> None:
-    writer, events = Writer(), HeadlineEvents("Ready")
+    writer, events, last = Writer(), HeadlineEvents("Ready"), LastWrites()
     new = composed({})
-    assert publish(writer, {"status": {}}, PART, new, "m", events)
-    assert publish(writer, {"status": new}, PART, composed(new), "m", events) is False
+    assert publish(writer, body({}), PART, new, "m", events, last)
+    assert publish(writer, body(new), PART, composed(new), "m", events, last) is False
     assert len(writer.statuses) == 1 and writer.events == [("Normal", "Ready", "m")]
+
+
+def test_a_body_read_before_the_last_write_neither_writes_it_again_nor_repeats_its_event() -> None:
+    writer, events, last = Writer(), HeadlineEvents("Ready"), LastWrites()
+    ready = composed(OTHERS)
+    stale = {**OTHERS, "conditions": OTHERS["conditions"] + ready["conditions"]}
+    conflict = composed(stale, status="False", reason="NameConflict")
+    assert publish(writer, body(stale), PART, conflict, "m", events, last)
+    # a second pass whose body was read before that write: the same verdict, its own lastTransitionTime
+    later = NOW + datetime.timedelta(seconds=1)
+    again = PART.compose(stale, [Condition("Ready", "False", "NameConflict", "m")], generation=2, now=later,
+                         fields={"observedGeneration": 2}, queues=[{"name": "a", "replicas": 1}])
+    assert publish(writer, body(stale), PART, again, "m", events, last) is False
+    assert writer.events == [("Warning", "NameConflict", "m")]
+    # a change after it is written, with its Event, stale body or not
+    assert publish(writer, body(stale), PART, ready, "m", events, last)
+    assert writer.events[-1] == ("Normal", "Ready", "m") and len(writer.statuses) == 2
+    # another writer, or another object, keeps its own memory
+    assert publish(writer, body(stale), PART, conflict, "other", events, last)
+    last.forget("u1")
+    assert publish(writer, body(stale), PART, conflict, "m", events, last)
 
 
 def test_nothing_that_holds_a_password_prints_it() -> None:

@@ -86,6 +86,12 @@ def _not_running(message: str) -> Outcome:
     return Outcome(Condition.false(Ready.TYPE, Ready.BEAT_NOT_RUNNING, message))
 
 
+def _taskqueue_not_found(spec: PeriodicJobSpec, namespace: str) -> Outcome:
+    return Outcome(Condition.false(Ready.TYPE, Ready.TASKQUEUE_NOT_FOUND,
+                                   f"spec.taskQueueRef.name: TaskQueue {spec.task_queue_name!r} does not exist "
+                                   f"in namespace {namespace}"), known=True)
+
+
 def _write_entry(runtime: Runtime, identity: ObjectIdentity, tq: ObjectIdentity, spec: PeriodicJobSpec,
                  location: StateLocation, now: float) -> tuple[dict[str, Any], float | None, bool]:
     """Write the job's entry when it differs: (the entry in the state now, its last fired slot,
@@ -121,10 +127,13 @@ def _sync_with_taskqueue(runtime: Runtime, body: Mapping[str, Any], spec: Period
     location = state_location(tq, children)
     if location is None:
         return _not_running(f"waiting for TaskQueue {tq.name}'s beat state store")
-    try:
-        entry, fired, beat_leads = _write_entry(runtime, identity, tq, spec, location, now)
-    except BrokerUnavailable as error:
-        return _not_running(f"cannot reach TaskQueue {tq.name}'s beat state: {error}")
+    with runtime.exclusively(tq.uid) as taskqueue_present:  # its deletion removes the state written here
+        if not taskqueue_present:
+            return _taskqueue_not_found(spec, identity.namespace)
+        try:
+            entry, fired, beat_leads = _write_entry(runtime, identity, tq, spec, location, now)
+        except BrokerUnavailable as error:
+            return _not_running(f"cannot reach TaskQueue {tq.name}'s beat state: {error}")
     upcoming = None
     if not spec.suspend:
         after = max(fired if fired is not None else float("-inf"), float(entry.get("activeSince", now)))
@@ -155,10 +164,7 @@ def sync_job(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, 
         reason = Ready.INVALID_SCHEDULE if error.field in SCHEDULE_FIELDS else Ready.INVALID_SPEC
         return Outcome(Condition.false(Ready.TYPE, reason, str(error)), known=True)
     if taskqueue is None:
-        namespace = (body.get("metadata") or {}).get("namespace", "")
-        return Outcome(Condition.false(Ready.TYPE, Ready.TASKQUEUE_NOT_FOUND,
-                                       f"spec.taskQueueRef.name: TaskQueue {spec.task_queue_name!r} does not exist "
-                                       f"in namespace {namespace}"), known=True)
+        return _taskqueue_not_found(spec, (body.get("metadata") or {}).get("namespace", ""))
     return _sync_with_taskqueue(runtime, body, spec, schedule, taskqueue, children, now)
 
 
@@ -214,7 +220,9 @@ def reconcile_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: 
     identity = ObjectIdentity.from_body(body)
     moment = time.time() if now is None else now
     going_away = unless_namespace_terminating(identity.namespace, f"PeriodicJob {identity.name}")
-    with runtime.lock_for(identity.uid), going_away:
+    with runtime.exclusively(identity.uid) as present, going_away:
+        if not present:
+            return  # deleted while this pass waited: its entry was taken out
         if moved_from is not None:
             remove_from_taskqueue(runtime, body, *moved_from)
         outcome = sync_job(runtime, body, taskqueue, Children(children), moment)
@@ -246,11 +254,9 @@ def remove_from_taskqueue(runtime: Runtime, body: Mapping[str, Any], taskqueue: 
 
 def forget_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,
                        children: Iterable[Manifest]) -> None:
-    """The PeriodicJob is being deleted."""
-    try:
-        remove_from_taskqueue(runtime, body, taskqueue, children)
-    finally:
-        runtime.forget(ObjectIdentity.from_body(body).uid)
+    """The PeriodicJob is being deleted: once a pass under way has ended, take its entry out."""
+    runtime.forget(ObjectIdentity.from_body(body).uid)
+    remove_from_taskqueue(runtime, body, taskqueue, children)
 
 
 def forget_taskqueue_schedule(runtime: Runtime, taskqueue: Mapping[str, Any], children: Iterable[Manifest]) -> None:

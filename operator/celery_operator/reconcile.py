@@ -528,7 +528,9 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
     identity = ObjectIdentity.from_body(body)
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     going_away = unless_namespace_terminating(identity.namespace, f"TaskQueue {identity.name}")
-    with runtime.lock_for(identity.uid), going_away:
+    with runtime.exclusively(identity.uid) as present, going_away:
+        if not present:
+            return  # deleted while this pass waited: its children go with it, its schedule state is gone
         verdict = converge(runtime, body, Children(observed), list(referring), moment.timestamp())
         record_beat_up(identity, verdict)
         publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),

@@ -6,9 +6,11 @@ tests build one over fakes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,8 @@ from .scaling_policy import History
 from .settings import Settings
 from .status import LastWrites
 from .workerhealth import PodMemory
+
+FORGOTTEN_FOR_SECONDS = 3600  # how long a deleted object's uid is remembered: far longer than a pass runs
 
 
 class Wakeups:
@@ -71,11 +75,21 @@ class Runtime:
     _brokers_read: set[str] = field(default_factory=set)  # TaskQueues whose broker answered the scaler once
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    _forgotten: dict[str, float] = field(default_factory=dict)  # deleted objects' uids, when forgotten
 
     def lock_for(self, uid: str) -> threading.Lock:
         """Timers and change handlers of one object may run at once in kopf's thread pool."""
         with self._locks_guard:
             return self._locks.setdefault(uid, threading.Lock())
+
+    @contextlib.contextmanager
+    def exclusively(self, uid: str) -> Iterator[bool]:
+        """Hold the object's lock; yields whether it is still there. A timer's pass that began before
+        the object's deletion ends after it: it must not write again what `forget`'s caller removed."""
+        with self.lock_for(uid):
+            with self._locks_guard:
+                present = uid not in self._forgotten
+            yield present
 
     def queue_memory(self, uid: str, queue: str) -> QueueMemory:
         with self._locks_guard:
@@ -88,10 +102,16 @@ class Runtime:
         return uid in self._brokers_read
 
     def forget(self, uid: str) -> None:
-        with self._locks_guard:
-            self._locks.pop(uid, None)
-            self._memory.pop(uid, None)
-            self._brokers_read.discard(uid)
+        """The object was deleted: once a pass under way has ended, no later pass of it writes anything."""
+        with self.lock_for(uid):
+            now = time.monotonic()
+            with self._locks_guard:
+                self._locks.pop(uid, None)
+                self._memory.pop(uid, None)
+                self._brokers_read.discard(uid)
+                for old in [key for key, when in self._forgotten.items() if now - when > FORGOTTEN_FOR_SECONDS]:
+                    del self._forgotten[old]
+                self._forgotten[uid] = now
         self.status_writes.forget(uid)
         self.brokers.release(uid)
 

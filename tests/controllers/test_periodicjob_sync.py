@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -160,3 +161,45 @@ def test_a_deleted_job_leaves_the_beat_at_once() -> None:
     periodicjobs.forget_periodicjob(jobs.runtime, jobs.kube.body("PeriodicJob", "hourly"),
                                     jobs.kube.body("TaskQueue", "shop"), jobs.kube.children_of(jobs.tq_uid))
     assert jobs.state.jobs == {}
+
+
+def test_passes_that_waited_through_a_deletion_write_nothing_after_it() -> None:
+    """A timer's pass holding a body read before its object was deleted runs after the delete
+    handler: neither the TaskQueue's sync nor a PeriodicJob's may put the schedule state back, or a
+    beat still running until garbage collection would go on sending."""
+    jobs = Jobs()
+    jobs.create()
+    jobs.sync()
+    taskqueue, children = jobs.kube.body("TaskQueue", "shop"), jobs.kube.children_of(jobs.tq_uid)
+    job = jobs.kube.body("PeriodicJob", "hourly")
+    jobs.runtime.forget(jobs.tq_uid)
+    periodicjobs.forget_taskqueue_schedule(jobs.runtime, taskqueue, children)
+    assert jobs.state_store.states == {}
+    mark, writes = len(jobs.kube.writes), jobs.state_store.writes
+
+    reconcile.reconcile_taskqueue(jobs.runtime, taskqueue, children, [job])
+    assert jobs.kube.writes_since(mark) == [] and jobs.state_store.writes == writes
+    jobs.sync(now=NOW + 1)  # the index still names the TaskQueue
+    assert jobs.state_store.states == {}
+    assert jobs.ready() == ("False", "TaskQueueNotFound")
+
+    periodicjobs.forget_periodicjob(jobs.runtime, job, None, [])
+    mark = len(jobs.kube.writes)
+    periodicjobs.reconcile_periodicjob(jobs.runtime, job, None, [], now=NOW + 2)
+    assert jobs.kube.writes_since(mark) == [], "nothing written for a deleted PeriodicJob"
+
+
+def test_forgetting_an_object_waits_for_its_pass_under_way() -> None:
+    runtime = fake_runtime()
+    forgotten = threading.Event()
+    with runtime.exclusively("uid-1") as present:
+        assert present
+        forgetting = threading.Thread(target=lambda: (runtime.forget("uid-1"), forgotten.set()))
+        forgetting.start()
+        assert not forgotten.wait(0.3), "forget returned while a pass held the object"
+    assert forgotten.wait(10)
+    forgetting.join()
+    with runtime.exclusively("uid-1") as present:
+        assert not present
+    with runtime.exclusively("uid-2") as present:
+        assert present, "other objects are untouched"

@@ -11,6 +11,9 @@ from .urls import is_redis_url, scrub
 
 
 FULL_MARGIN_PERCENT: Final = 1
+# Redis grows a client's request buffer greedily, so a message of some tens of KiB is refused while
+# several times its size is still free: a 16 KiB Celery message with about 90 KiB left.
+FULL_HEADROOM_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,12 @@ class RedisMemory:
 
     @property
     def full(self) -> bool:
-        """At maxmemory, give or take FULL_MARGIN_PERCENT: Redis refuses a write when the memory in use
-        at that moment (the write's own request buffer counted) is over maxmemory, so a broker that
-        has refused one reads a little under it a moment later; with noeviction it answers writes
-        with an OOM error."""
-        return self.limited and self.used * 100 >= self.max * (100 - FULL_MARGIN_PERCENT)
+        """Too close to maxmemory to take another message: within FULL_MARGIN_PERCENT of it, or within
+        FULL_HEADROOM_BYTES for a small maxmemory. Redis refuses a write when the memory in use at that
+        moment, the write's own request buffer counted, is over maxmemory; with noeviction it answers
+        with an OOM error, and a broker that has just refused one reads well under maxmemory after."""
+        headroom = max(self.max * FULL_MARGIN_PERCENT // 100, FULL_HEADROOM_BYTES)
+        return self.limited and self.used >= self.max - headroom
 
     @classmethod
     def of_info(cls, info: dict[str, Any]) -> RedisMemory:

@@ -387,8 +387,8 @@ def _controller_manager_argv(bin_dir: Path, cluster: Cluster, state: ClusterStat
         f"--service-cluster-ip-range={state.service_cidr}",
         "--controllers=*", "--leader-elect=false", "--cluster-name=devcluster",
         "--kube-api-qps=200", "--kube-api-burst=400", "--v=1",
-        # which resources the garbage collector watches, and when that changes (it learns CRDs late)
-        "--vmodule=garbagecollector=2",
+        # what the garbage collector watches, and why an item waits (V5: an owner kind it cannot map yet)
+        "--vmodule=garbagecollector=5",
         # a node whose kubelet stopped is NotReady after 16 s (its lease lasts 16 s)
         "--node-monitor-grace-period=16s", "--node-monitor-period=2s",
     ]

@@ -25,7 +25,7 @@ from tests.helpers.periodicjobs import (PeriodicJobs, assert_consecutive, assert
                                         periodicjob, recorded, run_slots, state_keys)
 from tests.helpers.processes import RedisServer
 from tests.helpers.taskqueues import SAMPLE_APP_IMAGE, TaskQueues, taskqueue
-from tests.helpers.waiting import holds_for, wait_for
+from tests.helpers.waiting import ConditionNotMet, holds_for, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -197,9 +197,11 @@ def test_two_taskqueues_on_one_redis_run_their_own_beats(tqs: TaskQueues, pjs: P
     assert len(mover_ids) == len(set(mover_ids)), "no run sent twice across the move"
     assert not [i for i in mover_ids if not i.startswith(f"{ns}/mover@")]
 
+    alpha_uid = tqs.get("alpha")["metadata"]["uid"]
+    [owner] = tqs.deployment("alpha-beat").metadata.owner_references
+    assert (owner.kind, owner.uid, owner.controller) == ("TaskQueue", alpha_uid, True), "garbage collection takes it"
     deleted = time.time()
     tqs.custom.delete_namespaced_custom_object("celery-operator.dev", "v1alpha1", ns, "taskqueues", "alpha")
-    wait_for(lambda: tqs.deployment("alpha-beat") is None, 60, "alpha's beat to go with its TaskQueue")
     pjs.wait_ready("alpha-tick", "False", "TaskQueueNotFound", timeout=30)
     wait_for(lambda: max(run_slots(url, "bravo-runs")) >= deleted + 6, 30, "bravo's runs past the deletion")
     bravo = run_slots(url, "bravo-runs", "bravo-tick")
@@ -215,6 +217,12 @@ def test_two_taskqueues_on_one_redis_run_their_own_beats(tqs: TaskQueues, pjs: P
     assert max(alpha) < deleted + 10
     assert client.exists(*state_keys(ns, "alpha")) == 0, "alpha's schedule state is gone"
     pjs.wait_ready("bravo-tick", "True", "Scheduled", timeout=5)
+    try:
+        wait_for(lambda: tqs.deployment("alpha-beat") is None, 60, "alpha's beat to go with its TaskQueue")
+    except ConditionNotMet as error:
+        left = tqs.deployment("alpha-beat")
+        raise AssertionError(f"{error}: the garbage collector left it ({left.metadata if left else 'gone now'})") \
+            from error
 
 
 def test_status_reports_problems_and_heals_when_the_taskqueue_appears(tqs: TaskQueues, pjs: PeriodicJobs,

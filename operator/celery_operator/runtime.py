@@ -1,7 +1,7 @@
 """What every handler shares for the life of the operator process: the settings, the I/O ports
-(Kubernetes, the brokers, the beats' state), per-object locks, the scaler daemons' wake-ups and
-the scaler's memory of each queue. Built by the composition root (lifecycle.py); the controller
-tests build one over fakes."""
+(Kubernetes, the brokers, the beats' state), per-object locks, the scaler daemons' wake-ups, what
+each status writer last wrote and the scaler's memory of each queue. Built by the composition root
+(lifecycle.py); the controller tests build one over fakes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 from .ports import BeatStatePort, BrokerPort, KubePort
 from .scaling_policy import History
 from .settings import Settings
-from .status import LastWrites
+from .status import StatusPart
 from .workerhealth import PodMemory
 
 FORGOTTEN_FOR_SECONDS = 3600  # how long a deleted object's uid is remembered: far longer than a pass runs
@@ -48,6 +48,36 @@ class Wakeups:
     def forget(self, uid: str) -> None:
         with self._lock:
             self._events.pop(uid, None)
+
+
+class LastWrites:
+    """The last part each writer wrote of each object's status, and what that write replaced.
+
+    Two passes over one object may run one after the other with bodies read before either wrote
+    (a timer beside a change handler): the second body still shows what the first write replaced.
+    Compared with that, the second pass would write the same change again and post its Event twice;
+    compared with what the first wrote, it writes nothing."""
+
+    def __init__(self) -> None:
+        self._writes: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def live(self, uid: str, field_manager: str, part: StatusPart, status: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`status`, unless it is exactly what this writer's last write replaced: then what it wrote."""
+        with self._lock:
+            last = self._writes.get((uid, field_manager))
+        if last is not None and not part.changed(status, last[0]):
+            return last[1]
+        return status
+
+    def record(self, uid: str, field_manager: str, replaced: Mapping[str, Any], written: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._writes[(uid, field_manager)] = (dict(replaced), dict(written))
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            for key in [key for key in self._writes if key[0] == uid]:
+                del self._writes[key]
 
 
 @dataclass

@@ -11,7 +11,6 @@ which goes through the Kubernetes port.
 from __future__ import annotations
 
 import datetime
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -121,38 +120,18 @@ class StatusWriter(Protocol):
     def post_event(self, involved: Mapping[str, Any], event_type: str, reason: str, message: str) -> None: ...
 
 
-class LastWrites:
-    """The last part each writer wrote of each object's status, and what that write replaced.
+class WriteMemory(Protocol):
+    """What a writer last wrote of each object's status (runtime.LastWrites)."""
 
-    Two passes over one object may run one after the other with bodies read before either wrote
-    (a timer beside a change handler): the second body still shows what the first write replaced.
-    Compared with that, the second pass would write the same change again and post its Event twice;
-    compared with what the first wrote, it writes nothing."""
+    def live(self, uid: str, field_manager: str, part: StatusPart,
+             status: Mapping[str, Any]) -> Mapping[str, Any]: ...
 
-    def __init__(self) -> None:
-        self._writes: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def live(self, uid: str, field_manager: str, part: StatusPart, status: Mapping[str, Any]) -> Mapping[str, Any]:
-        """`status`, unless it is exactly what this writer's last write replaced: then what it wrote."""
-        with self._lock:
-            last = self._writes.get((uid, field_manager))
-        if last is not None and not part.changed(status, last[0]):
-            return last[1]
-        return status
-
-    def record(self, uid: str, field_manager: str, replaced: Mapping[str, Any], written: Mapping[str, Any]) -> None:
-        with self._lock:
-            self._writes[(uid, field_manager)] = (dict(replaced), dict(written))
-
-    def forget(self, uid: str) -> None:
-        with self._lock:
-            for key in [key for key in self._writes if key[0] == uid]:
-                del self._writes[key]
+    def record(self, uid: str, field_manager: str, replaced: Mapping[str, Any],
+               written: Mapping[str, Any]) -> None: ...
 
 
 def publish(kube: StatusWriter, body: Mapping[str, Any], part: StatusPart, new: Mapping[str, Any],
-            field_manager: str, events: EventRule, last_writes: LastWrites) -> bool:
+            field_manager: str, events: EventRule, last_writes: WriteMemory) -> bool:
     """Write `new` when it differs from the live status of `body` (or from this writer's last write,
     when `body` was read before it), with the Event `events` finds in the change. Returns whether
     anything was written."""

@@ -11,7 +11,8 @@ from celery_operator.beat.state import StateLocation
 from celery_operator.builders.beat import BeatOptions
 from celery_operator.conditions import Condition
 from celery_operator.reconcile import BrokerAccess
-from celery_operator.status import HeadlineEvents, LastWrites, StatusPart, publish
+from celery_operator.runtime import LastWrites
+from celery_operator.status import HeadlineEvents, StatusPart, publish
 
 pytestmark = pytest.mark.unit
 

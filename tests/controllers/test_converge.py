@@ -341,7 +341,8 @@ def test_a_pass_in_a_namespace_being_deleted_ends_quietly_and_other_refusals_sti
     cluster.settle()
 
     def refuse(*_: Any, **__: Any) -> None:
-        raise KubeError(403, "Forbidden", "secrets is forbidden: User cannot create", ())
+        raise KubeError(403, "Forbidden", 'taskqueues.celery-operator.dev "shop" is forbidden: '
+                        'User cannot patch resource "taskqueues/status"', ())
     cluster.kube.apply_status = refuse  # type: ignore[method-assign]
     cluster.edit({**SPEC, "queues": [{"name": "fast", "replicas": 2}]})
     with pytest.raises(KubeError):

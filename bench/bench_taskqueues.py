@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devcluster ru
 
 from bench import figures  # noqa: E402
 from devcluster import build, cluster  # noqa: E402
+from tests.helpers.operator import local_image_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Service names resolve machine-wide (/etc/hosts): a namespace of its own keeps another cluster's
@@ -61,7 +62,10 @@ def taskqueues(count: int) -> str:
     items = [{
         "apiVersion": "celery-operator.dev/v1alpha1", "kind": "TaskQueue",
         "metadata": {"name": f"tq{i:03d}", "namespace": NAMESPACE},
+        # 200 managed Redis pods share the node's 2 cores: requests the size of an idle Redis
         "spec": {"image": "example.invalid/app:1", "app": "myproject",
+                 "broker": {"managed": {"resources": {"requests": {"cpu": "5m", "memory": "16Mi"},
+                                                      "limits": {"memory": "64Mi"}}}},
                  "queues": [{"name": "high", "replicas": 0}, {"name": "low", "replicas": 0}]},
     } for i in range(count)]
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
@@ -112,12 +116,12 @@ def main() -> None:
         kubectl(admin, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         operator_kubeconfig(admin, operator_config)
         kubectl(admin, "apply", "-f", "-", input=taskqueues(args.count))
+        environment = dict(os.environ, KUBECONFIG=str(operator_config), **local_image_settings())
 
         started = time.time()
         log = (workdir / "operator.log").open("w")
         process = subprocess.Popen([sys.executable, "-m", "celery_operator", "--all-namespaces"], cwd=ROOT,
-                                   env=dict(os.environ, KUBECONFIG=str(operator_config)), stdout=log,
-                                   stderr=subprocess.STDOUT)
+                                   env=environment, stdout=log, stderr=subprocess.STDOUT)
         ready = 0
         while ready < args.count:
             if time.time() - started > args.timeout:

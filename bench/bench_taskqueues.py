@@ -28,12 +28,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devcluster runs from the checkout
 
 from bench import figures  # noqa: E402
-from devcluster import build, cluster  # noqa: E402
+from devcluster import build, cluster, hostdns  # noqa: E402
 from tests.helpers.operator import local_image_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# Service names resolve machine-wide (/etc/hosts): a namespace of its own keeps another cluster's
-# `bench` namespace from answering for this one's
+# a namespace of its own, so no other cluster's `bench` namespace is ever mistaken for this one's
 NAMESPACE = f"bench-{uuid.uuid4().hex[:6]}"
 OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:celery-operator"
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
@@ -116,12 +115,17 @@ def main() -> None:
         kubectl(admin, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         operator_kubeconfig(admin, operator_config)
         kubectl(admin, "apply", "-f", "-", input=taskqueues(args.count))
-        environment = dict(os.environ, KUBECONFIG=str(operator_config), **local_image_settings())
+        # on the host, as the tests run it: the brokers' NetworkPolicies let the node network in, and
+        # it resolves their Service names through the cluster's DNS, as a pod does
+        environment = dict(os.environ, KUBECONFIG=str(operator_config), **local_image_settings(),
+                           CELERY_OPERATOR_SOURCE_CIDRS=running.state().node_cidr)
+        resolv_conf = hostdns.write_resolv_conf(running.dir, running.state().network.dns_ip)
+        command = hostdns.command_with_cluster_dns(resolv_conf, [sys.executable, "-m", "celery_operator",
+                                                                 "--all-namespaces"])
 
         started = time.time()
         log = (workdir / "operator.log").open("w")
-        process = subprocess.Popen([sys.executable, "-m", "celery_operator", "--all-namespaces"], cwd=ROOT,
-                                   env=environment, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
         ready = 0
         while ready < args.count:
             if time.time() - started > args.timeout:

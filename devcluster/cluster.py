@@ -668,9 +668,12 @@ def stop_node(directory: Path, index: int) -> None:
 
 def restart_apiserver(directory: Path, down_seconds: float = 10, timeout: float = 120) -> None:
     """The API server goes away as in a control-plane upgrade: its process stops (SIGTERM, then
-    SIGKILL), stays away `down_seconds`, and starts again with the same flags, address and
-    certificates; returns once it answers /readyz. etcd, the controllers, the nodes and every client
-    keep running and have to reconnect by themselves."""
+    SIGKILL), stays away `down_seconds` counted from the SIGTERM, and starts again with the same
+    flags, address and certificates; returns once it answers /readyz. etcd, the controllers, the
+    nodes and every client keep running and have to reconnect by themselves.
+
+    On SIGTERM the server stops listening at once, then lingers for its open watches until killed:
+    that time is part of the outage, not added to it."""
     with _exclusive(directory.resolve()):
         cluster = Cluster(directory.resolve())
         state = cluster.state()
@@ -680,8 +683,10 @@ def restart_apiserver(directory: Path, down_seconds: float = 10, timeout: float 
         # the command line it runs with, not _apiserver_argv's of today: a cluster kept running
         # across a change of the flags (DEVCLUSTER_DIR) may lack what newer flags need
         argv = [part.decode() for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if part]
-        _stop(cluster, "kube-apiserver", grace=10)
-        time.sleep(down_seconds)  # the outage itself: clients meet a refused connection meanwhile
+        stopped_at = time.monotonic()
+        _stop(cluster, "kube-apiserver", grace=min(10.0, down_seconds))
+        # the outage itself: clients meet a refused connection meanwhile
+        time.sleep(max(0.0, down_seconds - (time.monotonic() - stopped_at)))
         _launch(cluster, "kube-apiserver", argv)
         admin = _admin_ssl_context(cluster)
         _wait_until("kube-apiserver /readyz", lambda: _http_ok(state.server + "/readyz", admin),

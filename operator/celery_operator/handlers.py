@@ -94,7 +94,7 @@ async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid:
                               memo: kopf.Memo, logger: logging.Logger, owned_deployments: kopf.Index,
                               owned_secrets: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
     """Measure every queue and scale the autoscaled ones, every spec.autoscaling.pollIntervalSeconds, and
-    at once when a queue at zero workers gets a message."""
+    at once when a queue's backlog outgrows its workers (at zero: its first message)."""
     runtime = memo.runtime
     loop = asyncio.get_running_loop()
 

@@ -62,7 +62,8 @@ class QueueOutcome:
     in_flight: int
     desired: int
     last_scale_time: str | None
-    idle_at_zero: bool = False  # autoscaled and scaled to zero: its first message should wake the scaler
+    wake_at_growth: int | None = None  # the backlog growth that wakes the scaler before its next poll
+    measured: bool = True  # False: pending or in flight could not be read on this tick
     restarts: int = 0  # the current worker pods' container restarts, summed
     last_restart: Mapping[str, Any] | None = None
 
@@ -105,9 +106,10 @@ class TickFailures:
 
 
 async def sleep_until_next_tick(stopped: Any, woken: asyncio.Event, seconds: float, ticked_at: float) -> None:
-    """Sleep `seconds`, or less: until the daemon is stopped or a queue at zero gets a message. A
-    wake-up comes no sooner than WAKE_GAP_SECONDS after the last tick began (loop.time()), so a flood
-    of messages on a queue that cannot scale costs a few ticks a second, not one per message."""
+    """Sleep `seconds`, or less: until the daemon is stopped or a queue's backlog outgrows its workers
+    (broker/arrivals.py). A wake-up comes no sooner than WAKE_GAP_SECONDS after the last tick began
+    (loop.time()), so a backlog growing faster than the scaler can follow costs a few ticks a second,
+    not one per message."""
     loop = asyncio.get_running_loop()
     waits = {asyncio.ensure_future(woken.wait()), asyncio.ensure_future(stopped.wait(seconds))}
     try:
@@ -237,14 +239,12 @@ def _scale(tick: Tick, view: QueueView, decision: scaling_policy.Decision, busy:
 
 
 def _decide(tick: Tick, view: QueueView, observation: scaling_policy.Observation | scaling_policy.Unknown,
-            memory: QueueMemory, heartbeats: Mapping[str, WorkerState] | None,
+            policy: scaling_policy.ScalingPolicy, memory: QueueMemory, heartbeats: Mapping[str, WorkerState] | None,
             ) -> tuple[scaling_policy.Decision, set[str] | None]:
     """The policy's decision; before a scale-down, checked against the workers' own answer of which are
     busy now (heartbeats are up to 2 s old: a worker that took tasks since would look idle). Returns
     the busy pods too when it asked, for pricing them."""
-    queue, current, now = view.queue, view.replicas, time.monotonic()
-    assert queue.autoscaling is not None
-    policy = scaling_policy.ScalingPolicy.from_spec(queue.autoscaling, tick.spec.autoscaling)
+    current, now = view.replicas, time.monotonic()
     decision = scaling_policy.decide(observation, policy, memory.history, current, now)
     if decision.direction != "down" or not view.pods or not isinstance(observation, scaling_policy.Observation):
         return decision, None
@@ -264,15 +264,16 @@ def tick_queue(tick: Tick, view: QueueView) -> QueueOutcome:
     heartbeats = _heartbeats(tick, view)
     pending_now = observation.pending if isinstance(observation, scaling_policy.Observation) else None
     restarts = check_workers(tick, view, heartbeats, pending_now, memory)
-    desired, replicas = current, current
+    desired, wake_at_growth = current, None
     if queue.autoscaling is not None and view.deployment is not None:
-        decision, busy = _decide(tick, view, observation, memory, heartbeats)
+        policy = scaling_policy.ScalingPolicy.from_spec(queue.autoscaling, tick.spec.autoscaling)
+        decision, busy = _decide(tick, view, observation, policy, memory, heartbeats)
         memory.history = decision.history
         desired = decision.desired if decision.desired is not None else current
         if decision.changed:
             _scale(tick, view, decision, busy)
             memory.last_scale_time = format_time(datetime.datetime.now(datetime.timezone.utc))
-            replicas = decision.replicas
+        wake_at_growth = scaling_policy.growth_to_scale_up(observation, policy, decision.replicas)
     elif queue.autoscaling is not None:
         desired = 0
     previous = tick.previous_queue_status(queue.name)
@@ -283,7 +284,8 @@ def tick_queue(tick: Tick, view: QueueView) -> QueueOutcome:
     metrics.record_queue(tick.identity, queue.name, pending, in_flight, desired, current)
     return QueueOutcome(name=queue.name, pending=pending, in_flight=in_flight, desired=desired,
                         last_scale_time=memory.last_scale_time or previous.get("lastScaleTime"),
-                        idle_at_zero=queue.autoscaling is not None and view.deployment is not None and replicas == 0,
+                        wake_at_growth=wake_at_growth,
+                        measured=isinstance(observation, scaling_policy.Observation),
                         restarts=restarts, last_restart=memory.last_restart or previous.get("lastRestart"))
 
 
@@ -416,8 +418,9 @@ def _read_depths(session: BrokerSession, spec: TaskQueueSpec) -> tuple[dict[str,
 
 def tick(runtime: Runtime, body: Mapping[str, Any], observed: Sequence[Manifest], pods_of: PodsOfQueue) -> bool:
     """One scaler pass over a TaskQueue; writes only what changed. False while there is not yet all
-    there is to measure (not reconciled, broker never read): the caller then comes back soon rather
-    than after pollIntervalSeconds."""
+    there is to measure (not reconciled, broker never read, a readable broker whose workers'
+    heartbeats cannot be read yet): the caller then comes back soon rather than after
+    pollIntervalSeconds."""
     identity = ObjectIdentity.from_body(body)
     try:
         spec = TaskQueueSpec.parse(body.get("spec"))
@@ -439,12 +442,15 @@ def tick(runtime: Runtime, body: Mapping[str, Any], observed: Sequence[Manifest]
     views = [QueueView(queue, children.deployment(naming.worker_name(identity.name, queue.name)),
                        pods_of(queue.dns_name)) for queue in spec.queues]
     outcomes = [tick_queue(this_tick, view) for view in views]
-    session.watch_idle_queues(identity.uid, [outcome.name for outcome in outcomes if outcome.idle_at_zero])
+    session.watch_growth(identity.uid, {outcome.name: outcome.wake_at_growth for outcome in outcomes
+                                        if outcome.wake_at_growth is not None})
     ever_read = runtime.broker_ever_read(identity.uid)
     status = compose_scaler_status(body, identity, spec, outcomes, unreadable, ever_read)
     publish(runtime.kube, body, STATUS, status, runtime.settings.scaler_field_manager, outage_events,
             runtime.status_writes)
     metrics.TICK_SECONDS.observe(time.perf_counter() - started)
-    # a queue at zero is only watched for arrivals once it has its Deployment
+    # a queue is only watched for arrivals once it has its Deployment
     every_deployment = all(view.deployment is not None for view in views if view.queue.autoscaled)
-    return every_deployment and ever_read
+    # a broker that cannot be read waits for the next poll; heartbeats still warming up do not
+    heard_workers = unreadable is not None or all(outcome.measured for outcome in outcomes)
+    return every_deployment and ever_read and heard_workers

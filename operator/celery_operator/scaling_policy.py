@@ -29,6 +29,10 @@ The rules, in the order they apply:
 6. Always within [minReplicas, maxReplicas]: a lowered maxReplicas is the user's explicit limit and
    wins over rule 4 (workers leaving get a warm shutdown and their termination grace period).
 
+Between ticks, `growth_to_scale_up` says by how many messages the backlog must grow before rule 1
+wants more workers than the queue has: the scaler is woken once it has, rather than at its next
+poll (a queue at zero: its first message).
+
 An `Unknown` observation (the broker cannot be read) holds the current replicas. It also counts
 as "maybe busy": it adds `current` as a desired sample and breaks the idle streak, so the scaler
 scales down only after a full window of readable, idle data.
@@ -53,6 +57,7 @@ __all__ = [
     "ScalingPolicy",
     "Unknown",
     "decide",
+    "growth_to_scale_up",
     "raw_desired",
 ]
 
@@ -167,6 +172,15 @@ def raw_desired(work: int, policy: ScalingPolicy) -> tuple[int, int]:
     """(unclamped, clamped) desired replicas for `work` = pending + inFlight tasks."""
     unclamped = math.ceil(work / policy.target_tasks_per_replica) if work > 0 else 0
     return unclamped, min(max(unclamped, policy.min_replicas), policy.max_replicas)
+
+
+def growth_to_scale_up(observation: Observation | Unknown, policy: ScalingPolicy, replicas: int) -> int | None:
+    """How many more messages, come before the next tick, make rule 1 want more than `replicas`
+    workers (at least 1: a queue at zero wakes on its first message). None when none would: the
+    queue is at maxReplicas, or its broker could not be read."""
+    if isinstance(observation, Unknown) or replicas >= policy.max_replicas:
+        return None
+    return max(1, replicas * policy.target_tasks_per_replica - observation.work + 1)
 
 
 def _prune(samples: tuple[Sample, ...], since: float) -> tuple[Sample, ...]:

@@ -245,30 +245,36 @@ class FakeSession:
         self.busy: set[str] = set()  # worker hostnames that say they are busy when asked
         self.heartbeats: dict[str, list[WorkerState]] = {}  # queue -> its workers' latest heartbeats
         self.unavailable: str | None = None
-        self.watched: dict[str, set[str]] = {}
+        self.heartbeats_unavailable: str | None = None  # the depths read, the workers' heartbeats not (yet)
+        self.watched: dict[str, dict[str, int]] = {}  # user -> queue -> the growth that wakes it
 
     def _check(self) -> None:
         if self.unavailable is not None:
             raise BrokerUnavailable(self.url, "cannot read queue depth", self.unavailable)
+
+    def _check_heartbeats(self) -> None:
+        self._check()
+        if self.heartbeats_unavailable is not None:
+            raise BrokerUnavailable(self.url, "cannot read worker heartbeats", self.heartbeats_unavailable)
 
     def read_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
         self._check()
         return {queue: self.depths.get(queue, QueueDepth(0, 0)) for queue in queues}
 
     def activity(self, queue: str, pods: Collection[str]) -> QueueActivity:
-        self._check()
+        self._check_heartbeats()
         return self.activities.get(queue, QueueActivity(in_flight=0, busy_pods=frozenset(), workers=len(pods)))
 
     def workers(self, queue: str, pods: Collection[str]) -> list[WorkerState]:
-        self._check()
+        self._check_heartbeats()
         return [state for state in self.heartbeats.get(queue, []) if state.pod in pods]
 
     def busy_workers(self, worker_names: Collection[str], timeout: float) -> set[str]:
         self._check()
         return {name for name in worker_names if name in self.busy}
 
-    def watch_idle_queues(self, user: str, queues: Collection[str]) -> None:
-        self.watched[user] = set(queues)
+    def watch_growth(self, user: str, thresholds: Mapping[str, int]) -> None:
+        self.watched[user] = dict(thresholds)
 
 
 class FakeBrokers:

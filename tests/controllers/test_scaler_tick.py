@@ -1,6 +1,7 @@
 """The scaler's tick (scaler.tick) against fakes of its ports: it scales an autoscaled queue to
 its depth, writes nothing when nothing changed, holds replicas while the broker cannot be read,
-prices busy pods before a scale-down, and watches queues at zero for their first message."""
+prices busy pods before a scale-down, and has the broker wake it when a queue's backlog outgrows its
+workers before the next poll."""
 
 from __future__ import annotations
 
@@ -128,13 +129,39 @@ def test_before_a_scale_down_idle_pods_are_priced_below_busy_ones() -> None:
     assert all(i < scale_down for i, write in enumerate(writes) if write[0] == "annotate"), "priced before the scale"
 
 
-def test_a_queue_at_zero_is_watched_for_its_first_message_and_not_once_it_runs() -> None:
+def test_the_broker_wakes_the_scaler_when_a_queue_outgrows_its_workers_and_not_at_max() -> None:
     scaled = Scaled()
     scaled.tick()
-    assert scaled.session.watched[scaled.uid] == {"jobs"}
+    assert scaled.session.watched[scaled.uid] == {"jobs": 1}, "at zero: its first message; a fixed queue never"
+    scaled.session.depths["jobs"] = QueueDepth(pending=3)
+    scaled.tick()
+    assert scaled.replicas() == 2
+    assert scaled.session.watched[scaled.uid] == {"jobs": 2}, "2 replicas take 4 tasks: the 5th calls for a 3rd"
+    scaled.session.unavailable = "connection refused"
+    scaled.tick()
+    assert scaled.session.watched[scaled.uid] == {}, "a broker that cannot be read: replicas held, nothing to count"
+    scaled.session.unavailable = None
+    scaled.session.depths["jobs"] = QueueDepth(pending=40)
+    scaled.tick()
+    assert scaled.replicas() == 10
+    assert scaled.session.watched[scaled.uid] == {}, "at maxReplicas no backlog scales it further"
+
+
+def test_a_queue_whose_workers_heartbeats_are_not_heard_yet_is_ticked_again_soon() -> None:
+    """The heartbeat monitor answers only after its warm-up: until then the busy queue is neither
+    scaled nor watched for arrivals, and the daemon comes back within a second, not a poll later."""
+    scaled = Scaled()
     scaled.session.depths["jobs"] = QueueDepth(pending=1)
     scaled.tick()
-    assert scaled.session.watched[scaled.uid] == set()
+    scaled.pods["jobs"] = [scaler.WorkerPod(name="shop-worker-jobs-a", running_since=1.0)]
+    scaled.session.heartbeats_unavailable = "warming up"
+    body = scaled.kube.body("TaskQueue", "shop")
+    children = scaled.kube.children_of(scaled.uid)
+    assert scaler.tick(scaled.runtime, body, children, lambda dns: scaled.pods.get(dns, [])) is False
+    assert scaled.session.watched[scaled.uid] == {}
+    scaled.session.heartbeats_unavailable = None
+    assert scaler.tick(scaled.runtime, body, children, lambda dns: scaled.pods.get(dns, [])) is True
+    assert scaled.session.watched[scaled.uid] == {"jobs": 2}, "1 replica takes 2 tasks, 1 waits: the 3rd calls for more"
 
 
 def test_an_unreconciled_taskqueue_is_ticked_again_soon() -> None:

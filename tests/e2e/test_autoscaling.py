@@ -78,10 +78,18 @@ def test_a_burst_scales_up_drains_and_returns_to_zero(tqs: TaskQueues, redis_ser
     assert status["lastScaleTime"]
 
 
-def test_a_message_on_a_queue_at_zero_wakes_the_scaler_before_the_next_poll(tqs: TaskQueues) -> None:
-    """pollIntervalSeconds 300: within the deadline, only the managed Redis's keyspace notification
-    of the first message can have started the worker."""
-    tqs.apply(taskqueue("wake", queues=[{"name": "jobs", "autoscaling": {"maxReplicas": 2}}],
+def scraped_metrics(operator: OperatorProcess) -> str:
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+        return response.read().decode()
+
+
+def test_arrivals_wake_the_scaler_before_the_next_poll_at_zero_and_when_busy(
+        tqs: TaskQueues, operator: OperatorProcess) -> None:
+    """pollIntervalSeconds 300: within the deadlines, only the managed Redis's keyspace notifications
+    can have started the first worker (the queue's first message) and the second (a backlog beyond
+    what the busy first one takes)."""
+    tqs.apply(taskqueue("wake", queues=[{"name": "jobs", "concurrency": 1,
+                                         "autoscaling": {"maxReplicas": 2, "targetTasksPerReplica": 1}}],
                         autoscaling={"pollIntervalSeconds": 300, "scaleDownStabilizationSeconds": 0}))
     tqs.wait_condition("wake", "Ready", "True", timeout=120)
     tqs.wait_condition("wake", "Autoscaling", "True", timeout=60)
@@ -90,10 +98,21 @@ def test_a_message_on_a_queue_at_zero_wakes_the_scaler_before_the_next_poll(tqs:
     url = base64.b64decode(secret.data["url"]).decode()
     wait_for(lambda: arrival_subscriptions(url) == 1, 30, "the scaler watching the idle queue")
 
-    send(url, 1, "wake-runs")
+    send(url, 1, "wake-long", seconds=30)
     wait_for(lambda: replicas(tqs, "wake-worker-jobs") == 1, 30, "the scale-up, long before the next poll")
-    wait_for(lambda: len(recorded(url, "wake-runs")) == 1, 120, "the task to run")
-    assert arrival_subscriptions(url) == 0, "a queue with workers is not watched"
+    wait_for(lambda: redis.Redis.from_url(url).llen("jobs") == 0, 120, "the long task taken by the worker")
+    # the worker's coming online woke one more tick, the first to see the queue at 1 replica (and one
+    # a second later if the operator's heartbeat monitor was still warming up); after them only
+    # arrivals can wake the scaler before the next poll
+    at_one = f'celery_operator_queue_replicas{{namespace="{tqs.namespace}",queue="jobs",taskqueue="wake"}} 1.0'
+    wait_for(lambda: at_one in scraped_metrics(operator), 30, "a tick of the queue at 1 replica")
+    wait_for(lambda: arrival_subscriptions(url) == 1, 10, "the busy queue below maxReplicas watched")
+
+    send(url, 3, "wake-runs")
+    wait_for(lambda: replicas(tqs, "wake-worker-jobs") == 2, 30, "a second worker, long before the next poll")
+    wait_for(lambda: arrival_subscriptions(url) == 0, 10, "no watch at maxReplicas")
+    wait_for(lambda: len(recorded(url, "wake-runs")) == 3 and len(recorded(url, "wake-long")) == 1, 120,
+             "every task to run")
 
 
 def test_a_long_task_outlives_the_scale_down(tqs: TaskQueues, redis_server: RedisServer) -> None:
@@ -201,8 +220,7 @@ def test_metrics_endpoint_reports_each_queue(tqs: TaskQueues, redis_server: Redi
     labels = f'namespace="{tqs.namespace}",queue="jobs",taskqueue="metered"'
 
     def scraped() -> str | None:
-        with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
-            text = response.read().decode()
+        text = scraped_metrics(operator)
         return text if f"celery_operator_queue_pending{{{labels}}} 3.0" in text else None
 
     text = wait_for(scraped, 30, "the pending gauge of the queue")

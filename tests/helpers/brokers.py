@@ -240,7 +240,7 @@ def start_test_worker(url: str, queue: str, pod: str, log_dir: Path, *, pool: st
 
 
 def arrival_subscriptions(url: str) -> int:
-    """The operator's pattern subscriptions to idle queues on a Redis, from CLIENT LIST (its arrival
+    """The operator's pattern subscriptions to the queues it watches on a Redis, from CLIENT LIST (its arrival
     watcher names its connection)."""
     return sum(int(client["psub"]) for client in redis.Redis.from_url(url).client_list()
                if client["name"] == ARRIVALS_CLIENT)

@@ -1,5 +1,6 @@
-"""The arrival watcher on a real Redis: a message landing on a queue at zero wakes its watchers
-at once, through the keyspace notifications the managed Redis has on (`notify-keyspace-events Kl`)."""
+"""The arrival watcher on a real Redis, through the keyspace notifications the managed Redis has on
+(`notify-keyspace-events Kl`): a message landing on a queue at zero wakes its watchers at once; a
+busy queue wakes them once its backlog has grown by the threshold they set, sends less takes."""
 
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ def watcher(notifying_url: str) -> Iterator[tuple[ArrivalWatcher, Arrivals]]:
 def test_a_message_on_a_watched_queue_wakes_its_watchers_only(watcher: tuple[ArrivalWatcher, Arrivals],
                                                                notifying_url: str) -> None:
     watching, arrivals = watcher
-    watching.watch("tq-a", ["jobs"])
-    watching.watch("tq-b", ["other"])
+    watching.watch("tq-a", {"jobs": 1})
+    watching.watch("tq-b", {"other": 1})
     wait_for(lambda: arrival_subscriptions(notifying_url) == 2, 5, "both queues subscribed")
     # a new subscription wakes its watcher once: the scaler then reads what landed before it started
     woken: set[str] = set()
@@ -86,7 +87,7 @@ def test_a_message_on_a_watched_queue_wakes_its_watchers_only(watcher: tuple[Arr
 
 def test_priority_lists_count_as_the_queue(watcher: tuple[ArrivalWatcher, Arrivals], notifying_url: str) -> None:
     watching, arrivals = watcher
-    watching.watch("tq", ["jobs"])
+    watching.watch("tq", {"jobs": 1})
     wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
     assert arrivals.next() == "tq"  # the subscription's own wake-up
     send(notifying_url, "jobs", priority=9)
@@ -94,16 +95,51 @@ def test_priority_lists_count_as_the_queue(watcher: tuple[ArrivalWatcher, Arriva
     assert arrivals.next() == "tq"
 
 
-def test_a_queue_no_longer_at_zero_is_unsubscribed(watcher: tuple[ArrivalWatcher, Arrivals],
+def test_a_queue_no_longer_watched_is_unsubscribed(watcher: tuple[ArrivalWatcher, Arrivals],
                                                     notifying_url: str) -> None:
     watching, arrivals = watcher
-    watching.watch("tq", ["jobs"])
+    watching.watch("tq", {"jobs": 1})
     wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
-    watching.watch("tq", [])
+    watching.watch("tq", {})
     wait_for(lambda: arrival_subscriptions(notifying_url) == 0, 5, "the subscription dropped")
     arrivals.drain()
     send(notifying_url, "jobs")
     assert arrivals.none_within(0.5)
+
+
+def test_a_busy_queue_wakes_its_watcher_once_the_backlog_grows_by_the_threshold(
+        watcher: tuple[ArrivalWatcher, Arrivals], notifying_url: str) -> None:
+    watching, arrivals = watcher
+    watching.watch("tq", {"jobs": 3})
+    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
+    assert arrivals.next() == "tq"  # the subscription's own wake-up
+    send(notifying_url, "jobs")
+    send(notifying_url, "jobs")
+    assert arrivals.none_within(0.5), "two messages stay within what the workers take"
+    send(notifying_url, "jobs")
+    assert arrivals.next() == "tq"
+    send(notifying_url, "jobs")
+    assert arrivals.none_within(0.5), "woken once: the tick it wakes sets the next threshold"
+    watching.watch("tq", {"jobs": 1})
+    send(notifying_url, "jobs")
+    assert arrivals.next() == "tq", "counting starts afresh at every watch"
+
+
+def test_messages_taken_by_workers_do_not_count_as_growth(watcher: tuple[ArrivalWatcher, Arrivals],
+                                                          notifying_url: str) -> None:
+    """A steady stream the workers keep up with never wakes the scaler: each send is matched by a take."""
+    watching, arrivals = watcher
+    watching.watch("tq", {"jobs": 2})
+    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
+    assert arrivals.next() == "tq"
+    worker = redis.Redis.from_url(notifying_url)
+    for _ in range(5):
+        send(notifying_url, "jobs")
+        assert worker.brpop(["jobs"], timeout=2) is not None, "a worker takes it (kombu consumes with BRPOP)"
+    assert arrivals.none_within(0.5)
+    send(notifying_url, "jobs")
+    send(notifying_url, "jobs")
+    assert arrivals.next() == "tq"
 
 
 def test_without_keyspace_notifications_nothing_arrives(redis_url: str) -> None:
@@ -112,7 +148,7 @@ def test_without_keyspace_notifications_nothing_arrives(redis_url: str) -> None:
     watching = ArrivalWatcher(redis_url, arrivals, timeout=2)
     watching.start()
     try:
-        watching.watch("tq", ["jobs"])
+        watching.watch("tq", {"jobs": 1})
         wait_for(lambda: arrival_subscriptions(redis_url) == 1, 5, "the queue subscribed")
         assert arrivals.next() == "tq"  # the subscription's own wake-up
         send(redis_url, "jobs")
@@ -124,7 +160,7 @@ def test_without_keyspace_notifications_nothing_arrives(redis_url: str) -> None:
 def test_the_watcher_resubscribes_after_the_connection_drops(watcher: tuple[ArrivalWatcher, Arrivals],
                                                               notifying_url: str) -> None:
     watching, arrivals = watcher
-    watching.watch("tq", ["jobs"])
+    watching.watch("tq", {"jobs": 1})
     wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
     assert arrivals.next() == "tq"
     admin = redis.Redis.from_url(notifying_url)

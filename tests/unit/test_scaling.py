@@ -14,6 +14,7 @@ from celery_operator.scaling_policy import (
     ScalingPolicy,
     Unknown,
     decide,
+    growth_to_scale_up,
     raw_desired,
 )
 from hypothesis import given, settings
@@ -393,3 +394,41 @@ def test_property_decide_is_deterministic_and_reason_is_one_line(policy, start, 
         assert "\n" not in first.reason and first.reason
         assert all(s.time >= now - policy.window for s in first.history.samples)
         history, current = first.history, first.replicas
+
+
+# --- between ticks: the growth that calls for more workers -------------------------------------------
+
+
+def test_a_queue_at_zero_wakes_on_its_first_message() -> None:
+    assert growth_to_scale_up(observed(), POLICY, replicas=0) == 1
+
+
+def test_a_busy_queue_wakes_once_its_replicas_cannot_hold_the_backlog() -> None:
+    # 3 replicas x 2 tasks hold 6; 1 waiting + 2 running leave room for 3 more
+    assert growth_to_scale_up(observed(pending=1, in_flight=2), POLICY, replicas=3) == 4
+    assert decide(observed(pending=4, in_flight=2), POLICY, History(), 3, 0.0).replicas == 3
+    assert decide(observed(pending=5, in_flight=2), POLICY, History(), 3, 0.0).replicas == 4
+
+
+def test_a_backlog_already_beyond_the_replicas_wakes_on_the_next_message() -> None:
+    assert growth_to_scale_up(observed(pending=30), POLICY, replicas=3) == 1
+
+
+def test_nothing_wakes_a_queue_at_max_or_one_whose_broker_is_unread() -> None:
+    assert growth_to_scale_up(observed(pending=100), POLICY, replicas=20) is None
+    assert growth_to_scale_up(Unknown(), POLICY, replicas=3) is None
+
+
+@given(policies, st.integers(0, 60), st.integers(0, 60), st.integers(0, 25))
+def test_that_growth_and_not_one_message_less_makes_decide_scale_up(
+        policy: ScalingPolicy, pending: int, in_flight: int, replicas: int) -> None:
+    replicas = min(replicas, policy.max_replicas)
+    growth = growth_to_scale_up(observed(pending, in_flight), policy, replicas)
+    if growth is None:
+        assert replicas == policy.max_replicas
+        return
+    grown = decide(observed(pending + growth, in_flight), policy, History(), replicas, 0.0)
+    assert grown.replicas > replicas
+    if growth > 1:
+        short = decide(observed(pending + growth - 1, in_flight), policy, History(), replicas, 0.0)
+        assert short.replicas <= max(replicas, policy.min_replicas)

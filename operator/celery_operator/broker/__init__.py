@@ -10,7 +10,8 @@ One module per concern:
 - `depth`: pending and reserved messages per queue (Redis: `depth.lua`, one call; AMQP: passive declares).
 - `control`: a Celery control app whose commands cannot retry forever, and `busy_workers` (inspect).
 - `heartbeats`: tasks in flight and busy pods, from the workers' own heartbeat events.
-- `arrivals`: Redis keyspace notifications that wake the scaler when a queue at zero gets a message.
+- `arrivals`: Redis keyspace notifications that wake the scaler when a queue's backlog outgrows its
+  workers (a queue at zero: its first message), between two polls.
 - `registry`: the operator's broker port: one set of readers per broker URL, shared by its TaskQueues.
 
 How the scaler puts it together (all calls blocking, bounded by `timeout`; run them in a thread):

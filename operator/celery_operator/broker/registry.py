@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .arrivals import ArrivalWatcher
@@ -46,10 +46,11 @@ class BrokerSession:
         """Raises BrokerUnavailable."""
         return busy_workers(self.url, worker_names, timeout=timeout)
 
-    def watch_idle_queues(self, user: str, queues: Collection[str]) -> None:
-        """Wake `user` when one of `queues` gets a message (a no-op where the broker cannot tell)."""
+    def watch_growth(self, user: str, thresholds: Mapping[str, int]) -> None:
+        """Wake `user` when one of these queues grows by its threshold from now on (a no-op where the
+        broker cannot tell)."""
         if self.arrivals is not None:
-            self.arrivals.watch(user, queues)
+            self.arrivals.watch(user, thresholds)
 
     def start(self) -> None:
         self.monitor.start()

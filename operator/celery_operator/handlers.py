@@ -123,8 +123,7 @@ async def autoscale_taskqueue(stopped: kopf.DaemonStopped, body: kopf.Body, uid:
 
 def forget_taskqueue(body: kopf.Body, uid: str, name: str, namespace: str, memo: kopf.Memo,
                      owned_secrets: kopf.Index, **_: Any) -> None:
-    memo.runtime.forget(uid)  # first: a pass under way ends, and no later one writes the state again
-    periodicjobs.forget_taskqueue_schedule(memo.runtime, body, _children(uid, owned_secrets))
+    periodicjobs.forget_taskqueue(memo.runtime, body, _children(uid, owned_secrets))
     metrics.forget_taskqueue(namespace, name)
 
 

@@ -259,12 +259,13 @@ def forget_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: Map
     remove_from_taskqueue(runtime, body, taskqueue, children)
 
 
-def forget_taskqueue_schedule(runtime: Runtime, taskqueue: Mapping[str, Any], children: Iterable[Manifest]) -> None:
-    """The TaskQueue is being deleted: remove its schedule state, so a beat still running until
-    garbage collection takes its pod sends nothing more, and nothing is left in a shared Redis.
-    Best effort: the PeriodicJobs stay, and a TaskQueue of the same name starts afresh anyway
-    (the entries name the TaskQueue's uid)."""
+def forget_taskqueue(runtime: Runtime, taskqueue: Mapping[str, Any], children: Iterable[Manifest]) -> None:
+    """The TaskQueue is being deleted: once a pass under way has ended (and no later one writes the
+    state again), remove its schedule state, so a beat still running until garbage collection takes
+    its pod sends nothing more, and nothing is left in a shared Redis. Best effort: the PeriodicJobs
+    stay, and a TaskQueue of the same name starts afresh anyway (the entries name the TaskQueue's uid)."""
     identity = ObjectIdentity.from_body(taskqueue)
+    runtime.forget(identity.uid)
     location = state_location(identity, Children(children))
     if location is None:
         return

@@ -172,8 +172,7 @@ def test_passes_that_waited_through_a_deletion_write_nothing_after_it() -> None:
     jobs.sync()
     taskqueue, children = jobs.kube.body("TaskQueue", "shop"), jobs.kube.children_of(jobs.tq_uid)
     job = jobs.kube.body("PeriodicJob", "hourly")
-    jobs.runtime.forget(jobs.tq_uid)
-    periodicjobs.forget_taskqueue_schedule(jobs.runtime, taskqueue, children)
+    periodicjobs.forget_taskqueue(jobs.runtime, taskqueue, children)
     assert jobs.state_store.states == {}
     mark, writes = len(jobs.kube.writes), jobs.state_store.writes
 

@@ -51,6 +51,14 @@ def send(url: str, queue_name: str, **options: object) -> None:
         producer.send_task("myapp.tasks.add", args=[1, 2], queue=queue_name, connection=connection, **options)
 
 
+def subscribe(watching: ArrivalWatcher, arrivals: Arrivals, url: str, growth: int = 1) -> None:
+    """`tq` watches `jobs` for this growth; returns once subscribed and past the subscription's own
+    wake-up (the scaler then reads what landed before it started)."""
+    watching.watch("tq", {"jobs": growth})
+    wait_for(lambda: arrival_subscriptions(url) == 1, 5, "the queue subscribed")
+    assert arrivals.next() == "tq"
+
+
 @pytest.fixture
 def notifying_url(redis_url: str) -> str:
     redis.Redis.from_url(redis_url).config_set("notify-keyspace-events", "Kl")
@@ -87,9 +95,7 @@ def test_a_message_on_a_watched_queue_wakes_its_watchers_only(watcher: tuple[Arr
 
 def test_priority_lists_count_as_the_queue(watcher: tuple[ArrivalWatcher, Arrivals], notifying_url: str) -> None:
     watching, arrivals = watcher
-    watching.watch("tq", {"jobs": 1})
-    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
-    assert arrivals.next() == "tq"  # the subscription's own wake-up
+    subscribe(watching, arrivals, notifying_url)
     send(notifying_url, "jobs", priority=9)
     assert redis.Redis.from_url(notifying_url).llen("jobs\x06\x169") == 1, "landed on a priority list"
     assert arrivals.next() == "tq"
@@ -110,9 +116,7 @@ def test_a_queue_no_longer_watched_is_unsubscribed(watcher: tuple[ArrivalWatcher
 def test_a_busy_queue_wakes_its_watcher_once_the_backlog_grows_by_the_threshold(
         watcher: tuple[ArrivalWatcher, Arrivals], notifying_url: str) -> None:
     watching, arrivals = watcher
-    watching.watch("tq", {"jobs": 3})
-    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
-    assert arrivals.next() == "tq"  # the subscription's own wake-up
+    subscribe(watching, arrivals, notifying_url, growth=3)
     send(notifying_url, "jobs")
     send(notifying_url, "jobs")
     assert arrivals.none_within(0.5), "two messages stay within what the workers take"
@@ -129,9 +133,7 @@ def test_messages_taken_by_workers_do_not_count_as_growth(watcher: tuple[Arrival
                                                           notifying_url: str) -> None:
     """A steady stream the workers keep up with never wakes the scaler: each send is matched by a take."""
     watching, arrivals = watcher
-    watching.watch("tq", {"jobs": 2})
-    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
-    assert arrivals.next() == "tq"
+    subscribe(watching, arrivals, notifying_url, growth=2)
     worker = redis.Redis.from_url(notifying_url)
     for _ in range(5):
         send(notifying_url, "jobs")
@@ -148,9 +150,7 @@ def test_without_keyspace_notifications_nothing_arrives(redis_url: str) -> None:
     watching = ArrivalWatcher(redis_url, arrivals, timeout=2)
     watching.start()
     try:
-        watching.watch("tq", {"jobs": 1})
-        wait_for(lambda: arrival_subscriptions(redis_url) == 1, 5, "the queue subscribed")
-        assert arrivals.next() == "tq"  # the subscription's own wake-up
+        subscribe(watching, arrivals, redis_url)
         send(redis_url, "jobs")
         assert arrivals.none_within(0.5)
     finally:
@@ -160,9 +160,7 @@ def test_without_keyspace_notifications_nothing_arrives(redis_url: str) -> None:
 def test_the_watcher_resubscribes_after_the_connection_drops(watcher: tuple[ArrivalWatcher, Arrivals],
                                                               notifying_url: str) -> None:
     watching, arrivals = watcher
-    watching.watch("tq", {"jobs": 1})
-    wait_for(lambda: arrival_subscriptions(notifying_url) == 1, 5, "the queue subscribed")
-    assert arrivals.next() == "tq"
+    subscribe(watching, arrivals, notifying_url)
     admin = redis.Redis.from_url(notifying_url)
     before = {client["id"] for client in admin.client_list(_type="pubsub")}
     admin.client_kill_filter(_type="pubsub")

@@ -4,6 +4,7 @@ what they tell: the URLs in our Secrets, whether a Deployment has rolled out. Pu
 from __future__ import annotations
 
 import base64
+import datetime
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,21 +86,38 @@ class Children(Mapping[ChildKey, Manifest]):
 
 @dataclass(frozen=True)
 class Rollout:
-    """How far a Deployment is: its replicas wanted and ready, and whether it has rolled out."""
+    """How far a Deployment is: its replicas wanted, ready and available, and whether it has rolled out."""
 
     desired: int
     ready: int
+    available: int
     settled: bool  # the current template is rolled out and every wanted replica is available
+    available_since: float | None = None  # when its Available condition last turned True (epoch seconds)
 
     @classmethod
     def of(cls, deployment: Mapping[str, Any] | None) -> Rollout:
         deployment = deployment or {}
         spec, status = deployment.get("spec", {}), deployment.get("status", {})
         desired = int(spec.get("replicas", 1))
+        available = int(status.get("availableReplicas", 0))
         settled = (status.get("observedGeneration", 0) >= deployment.get("metadata", {}).get("generation", 0)
-                   and int(status.get("updatedReplicas", 0)) >= desired
-                   and int(status.get("availableReplicas", 0)) >= desired)
-        return cls(desired=desired, ready=int(status.get("readyReplicas", 0)), settled=settled)
+                   and int(status.get("updatedReplicas", 0)) >= desired and available >= desired)
+        return cls(desired=desired, ready=int(status.get("readyReplicas", 0)), available=available, settled=settled,
+                   available_since=_available_since(status))
+
+    @property
+    def serving(self) -> bool:
+        """Every wanted replica is available, of the current template or, mid-rollout, of the one before
+        (a surge-first rollout keeps the old pods until the new ones are available)."""
+        return self.available >= self.desired
 
     def describe(self) -> str:
         return f"{self.ready}/{self.desired} ready"
+
+
+def _available_since(status: Mapping[str, Any]) -> float | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Available" and condition.get("status") == "True":
+            since = condition.get("lastTransitionTime")
+            return datetime.datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp() if since else None
+    return None

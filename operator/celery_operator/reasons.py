@@ -24,7 +24,7 @@ class BrokerReady:
     TYPE: Final = "BrokerReady"
     REACHABLE: Final = "BrokerReachable"
     UNREACHABLE: Final = "BrokerUnreachable"
-    STARTING: Final = "BrokerStarting"  # the managed Redis is not available yet
+    STARTING: Final = "BrokerStarting"  # the managed Redis is not available yet, or just became so
     POD_FAILING: Final = "BrokerPodFailing"  # ... because its pod cannot run
 
 

@@ -249,7 +249,7 @@ def workers_condition(identity: ObjectIdentity, spec: TaskQueueSpec, children: C
             waiting.append(f"{name} (not created)")
         elif name in failures:
             failing.append(failures[name].describe())
-        elif not rollout.settled:
+        elif not rollout.serving:
             waiting.append(f"{name} ({rollout.describe()})")
     if failing:
         rest = f"; waiting for {', '.join(waiting)}" if waiting else ""
@@ -261,8 +261,10 @@ def workers_condition(identity: ObjectIdentity, spec: TaskQueueSpec, children: C
 
 
 def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
-                     children: Children, failures: Mapping[str, PodFailure]) -> tuple[Condition, ProbeResult | None]:
+                     children: Children, failures: Mapping[str, PodFailure],
+                     now: float) -> tuple[Condition, ProbeResult | None]:
     """BrokerReady, and what the probe found (None: the broker was not probed, its pod is not up)."""
+    starting = None  # the managed Redis' rollout, while a silence of its may be its start
     if spec.broker.kind == "managed":
         name = naming.broker_name(identity.name)
         rollout = Rollout.of(children.deployment(name))
@@ -271,10 +273,25 @@ def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueue
         if not rollout.settled:  # still starting: a progress report, not an outage
             return Condition.false(BrokerReady.TYPE, BrokerReady.STARTING,
                                    f"waiting for the managed Redis (Deployment {name}: {rollout.describe()})"), None
+        if _just_available(rollout, now):
+            starting = name
     result = runtime.brokers.probe(access.url)
     if result.problem is None:
         return Condition.true(BrokerReady.TYPE, BrokerReady.REACHABLE, "the broker answers"), result
+    if starting is not None:
+        return Condition.false(BrokerReady.TYPE, BrokerReady.STARTING,
+                               f"the managed Redis is available (Deployment {starting}) and does not answer yet: "
+                               f"{result.problem}"), result
     return Condition.false(BrokerReady.TYPE, BrokerReady.UNREACHABLE, result.problem), result
+
+
+# A Service reaches the nodes' proxies and the cluster DNS a moment after its pod became Ready
+# (EndpointSlice, then each kube-proxy's sync): a broker silent for that long is still starting.
+BROKER_ANSWER_GRACE_SECONDS = 30
+
+
+def _just_available(rollout: Rollout, now: float) -> bool:
+    return rollout.available_since is not None and now - rollout.available_since < BROKER_ANSWER_GRACE_SECONDS
 
 
 def _bytes(amount: int) -> str:
@@ -491,10 +508,10 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
     except Blocked as blocked:
         return Verdict.of_blocked(blocked)
     failures = pod_failures(runtime, identity, children)
-    broker, probed = broker_condition(runtime, identity, spec, access, children, failures)
+    moment = time.time() if now is None else now
+    broker, probed = broker_condition(runtime, identity, spec, access, children, failures, moment)
     writes, keep_writes = writes_condition(probed, access.url)
-    state, problem = _beat_state(runtime, identity, beat, broker, access.url, observed,
-                                 time.time() if now is None else now)
+    state, problem = _beat_state(runtime, identity, beat, broker, access.url, observed, moment)
     return Verdict(
         broker=broker,
         workers=workers_condition(identity, spec, children, failures),

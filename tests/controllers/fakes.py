@@ -6,6 +6,7 @@ managers merge like the CRDs' map lists, and every write is recorded so a test c
 from __future__ import annotations
 
 import copy
+import datetime
 import itertools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,13 +108,18 @@ class FakeKube:
         stored = self.objects.get((kind, namespace, name))
         return copy.deepcopy(stored.body) if stored else None
 
-    def roll_out(self, name: str, namespace: str = "ns", ready: bool = True) -> None:
-        """The Deployment controller's report: the current template rolled out, every replica available."""
+    def roll_out(self, name: str, namespace: str = "ns", ready: bool = True,
+                 at: datetime.datetime | None = None) -> None:
+        """The Deployment controller's report: the current template rolled out, every replica available
+        (its Available condition True since `at`, default now)."""
         body = self.objects[("Deployment", namespace, name)].body
         replicas = int(body["spec"].get("replicas", 1))
         available = replicas if ready else 0
+        since = (at or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
         body["status"] = {"observedGeneration": body["metadata"]["generation"], "replicas": replicas,
-                          "updatedReplicas": replicas, "readyReplicas": available, "availableReplicas": available}
+                          "updatedReplicas": replicas, "readyReplicas": available, "availableReplicas": available,
+                          "conditions": [{"type": "Available", "status": "True" if ready else "False",
+                                          "lastTransitionTime": since}]}
 
     def roll_out_all(self, namespace: str = "ns") -> None:
         for kind, space, name in list(self.objects):

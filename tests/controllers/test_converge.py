@@ -258,6 +258,36 @@ def test_a_worker_pod_that_cannot_pull_its_image_is_named_once_and_heals() -> No
     assert cluster.kube.events[-1][1:3] == ("Normal", "Ready")
 
 
+def test_a_rollout_that_keeps_its_replicas_available_keeps_workers_ready() -> None:
+    """WorkersReady means every worker Deployment has its desired replicas available. A new template
+    (an env edit) rolls out surge-first: the old pod serves until the new one consumes, so the
+    condition neither flaps nor tells a Warning; a Deployment short of replicas is not ready."""
+    cluster = Cluster()
+    cluster.settle()
+    assert cluster.condition("WorkersReady")["status"] == "True"
+    events_before = len(cluster.kube.events)
+
+    cluster.edit({**SPEC, "env": [{"name": "FOO", "value": "2"}]})
+    cluster.reconcile()  # the apply's answer: a new generation the Deployment controller has not observed yet
+    fast = cluster.deployment("shop-worker-fast")
+    assert fast["status"]["observedGeneration"] < fast["metadata"]["generation"]
+    assert cluster.condition("WorkersReady")["status"] == "True", "the old pods still serve"
+
+    fast["status"].update(observedGeneration=fast["metadata"]["generation"], replicas=2, updatedReplicas=1,
+                          readyReplicas=1, availableReplicas=1)  # the new pod runs, does not consume yet
+    cluster.kube.objects[("Deployment", "ns", "shop-worker-fast")].body["status"] = fast["status"]
+    assert cluster.reconcile() == []
+    assert cluster.condition("WorkersReady")["status"] == "True"
+    assert cluster.kube.events[events_before:] == []
+
+    cluster.edit({**SPEC, "env": [{"name": "FOO", "value": "2"}],
+                  "queues": [{"name": "fast", "replicas": 3}, SPEC["queues"][1]]})
+    cluster.reconcile()
+    workers = cluster.condition("WorkersReady")
+    assert (workers["status"], workers["reason"]) == ("False", "WorkersNotReady")
+    assert "shop-worker-fast (1/3 ready)" in workers["message"]
+
+
 def test_a_crash_looping_broker_is_told_in_broker_ready() -> None:
     cluster = Cluster()
     cluster.reconcile()
@@ -316,6 +346,35 @@ def test_an_unreachable_broker_is_told_and_heals() -> None:
     cluster.runtime.brokers.unreachable.clear()  # type: ignore[attr-defined]
     cluster.reconcile()
     assert cluster.condition("Ready")["status"] == "True"
+
+
+def test_a_managed_broker_that_does_not_answer_just_after_its_pod_became_available_is_still_starting() -> None:
+    """The Service in front of a new broker pod reaches the nodes' proxies and the cluster DNS a moment
+    after the pod is Ready: a healthy start reports progress (a Normal Event), never a Warning. A broker
+    that still does not answer once that moment has passed is unreachable."""
+    cluster = Cluster()
+    available_at = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.timezone.utc)
+    cluster.reconcile(now=available_at)
+    cluster.kube.roll_out_all()
+    cluster.kube.roll_out("shop-broker", at=available_at)
+    url = reconcile.decode_secret_value(cluster.kube.child("Secret", "shop-broker"), "url")
+    cluster.runtime.brokers.unreachable[url] = "broker not reachable: ConnectionError"  # type: ignore[attr-defined]
+
+    cluster.reconcile(now=available_at + datetime.timedelta(seconds=2))
+    broker = cluster.condition("BrokerReady")
+    assert (broker["status"], broker["reason"]) == ("False", "BrokerStarting")
+    assert "does not answer yet" in broker["message"] and "ConnectionError" in broker["message"]
+    assert [kind for _, kind, _, _ in cluster.kube.events] == ["Normal"]
+
+    cluster.runtime.brokers.unreachable.clear()  # type: ignore[attr-defined]
+    cluster.reconcile(now=available_at + datetime.timedelta(seconds=4))
+    assert cluster.condition("Ready")["status"] == "True"
+    assert [kind for _, kind, _, _ in cluster.kube.events] == ["Normal", "Normal"]
+
+    cluster.runtime.brokers.unreachable[url] = "broker not reachable: ConnectionError"  # type: ignore[attr-defined]
+    cluster.reconcile(now=available_at + datetime.timedelta(seconds=reconcile.BROKER_ANSWER_GRACE_SECONDS + 1))
+    assert cluster.condition("BrokerReady")["reason"] == "BrokerUnreachable"
+    assert cluster.kube.events[-1][1:3] == ("Warning", "BrokerUnreachable")
 
 
 def test_a_pass_with_a_body_read_before_the_last_status_write_repeats_neither_the_write_nor_the_event() -> None:

@@ -8,11 +8,12 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test test-unit test-integration test-controllers test-cluster test-e2e bench demo demo-down chart-crds venv system-packages controlplane promtool kube-router kube-score keda checkov scan images up down status clean
+.PHONY: help builds check test test-unit test-integration test-controllers test-cluster test-e2e bench demo demo-down chart-crds venv system-packages controlplane promtool kube-router kube-score keda checkov scan images up down status clean
 
 help:
 	@echo "make demo   - run the main job on this machine (devcluster + operator + sample app)"
 	@echo "make test   - install what the tests need and run the whole suite"
+	@echo "make check  - lint and the tiers that need no cluster (unit, controllers): about a minute"
 	@echo "make test-unit | test-integration | test-controllers | test-cluster | test-e2e - one tier"
 	@echo "make up | down | status - the local devcluster in .devcluster/default"
 	@echo "make scan   - checkov and kube-score over the chart and the operator's children (docs/security.md)"
@@ -88,8 +89,32 @@ scan: venv controlplane kube-score checkov
 images: venv system-packages
 	$(VPY) -m devcluster images
 
-test: venv system-packages controlplane promtool kube-router kube-score keda checkov images
-	$(VPY) -m pytest $(PYTEST_ARGS)
+# What the cluster and e2e tiers need, built side by side (each cached once built).
+BUILDS := controlplane promtool kube-router kube-score keda checkov images
+builds: venv system-packages
+	$(MAKE) --no-print-directory --output-sync=target -j $(words $(BUILDS)) $(BUILDS)
+
+# The whole suite. The tiers that need no cluster run while the builds do; then every module that
+# waits on brokers, clusters or workers runs on $(TEST_WORKERS) parallel workers, each with a devcluster
+# (and an operator) of its own, longest modules first (tests/durations.json). JUnit reports in
+# $(REPORTS)/; the table of where the time went is printed at the end (tests/helpers/durations.py).
+TEST_WORKERS ?= 2
+REPORTS := .test-reports
+test: venv system-packages
+	@mkdir -p $(REPORTS)
+	@$(MAKE) --no-print-directory builds > $(REPORTS)/builds.log 2>&1 & builds=$$!; \
+	$(VPY) -m pytest -m "unit or controllers" --junitxml=$(REPORTS)/pure.xml $(PYTEST_ARGS); pure=$$?; \
+	wait $$builds; built=$$?; cat $(REPORTS)/builds.log; \
+	if [ $$built -ne 0 ]; then echo "make builds failed" >&2; exit $$built; fi; \
+	$(VPY) -m pytest -m "not (unit or controllers)" -n $(TEST_WORKERS) --dist loadfile \
+		--junitxml=$(REPORTS)/real.xml $(PYTEST_ARGS); real=$$?; \
+	$(VPY) -m tests.helpers.durations $(REPORTS)/pure.xml $(REPORTS)/real.xml; \
+	exit $$(( pure || real ))
+
+# The edit-test loop: lint, then the pure tiers (unit, controllers) on $(TEST_WORKERS) workers.
+check: venv
+	$(VPY) -m ruff check operator devcluster tests bench app
+	$(VPY) -m pytest -m "unit or controllers" -n $(TEST_WORKERS) -q $(PYTEST_ARGS)
 
 test-unit: venv
 	$(VPY) -m pytest -m unit $(PYTEST_ARGS)
@@ -101,11 +126,11 @@ test-integration: venv system-packages
 test-controllers: venv
 	$(VPY) -m pytest -m controllers $(PYTEST_ARGS)
 
-test-cluster: venv system-packages controlplane promtool kube-router kube-score keda checkov images
-	$(VPY) -m pytest -m cluster $(PYTEST_ARGS)
+test-cluster: builds
+	$(VPY) -m pytest -m cluster -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-test-e2e: venv system-packages controlplane kube-router keda images
-	$(VPY) -m pytest -m e2e $(PYTEST_ARGS)
+test-e2e: builds
+	$(VPY) -m pytest -m e2e -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Every bench/bench_*.py in turn with its documented arguments (bench/runner.py: about an hour on
 # 2 cores), each on a devcluster of its own; rewrites the summary table of docs/benchmarks.md.
@@ -135,4 +160,4 @@ status: venv
 	$(VPY) -m devcluster status
 
 clean: down
-	rm -rf $(VENV) $(CHECKOV_VENV) .devcluster .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .devcluster .pytest_cache $(REPORTS)

@@ -20,6 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -474,6 +475,16 @@ def _exclusive(directory: Path):
         yield
 
 
+@contextlib.contextmanager
+def _claiming_networks() -> Iterator[None]:
+    """One cluster at a time picks its networks and brings up its bridge, which claims them: clusters
+    started side by side (parallel test workers) never pick the same subnets."""
+    nodes.RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    with (nodes.RUN_ROOT / ".networks.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def up(directory: Path = DEFAULT_DIR, nodes: int | None = None, timeout: float = 180) -> Cluster:
     """Start the cluster in `directory` with `nodes` real nodes (kubelet on containerd; 0 = the
     control plane alone), or leave it be if it already runs healthily so."""
@@ -493,10 +504,11 @@ def _up(directory: Path, node_count: int, timeout: float) -> Cluster:
     _down(cluster.dir)
     cluster.dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, START_ATTEMPTS + 1):
-        state = _prepare(cluster, node_count)
         try:
-            if node_count:
-                network.setup_bridge(state.network)
+            with _claiming_networks():
+                state = _prepare(cluster, node_count)
+                if node_count:
+                    network.setup_bridge(state.network)
             _start_control_plane(cluster, state, bin_dir, timeout)
             if node_count:
                 _start_nodes(cluster, state, bin_dir, built, timeout)

@@ -1,5 +1,6 @@
-"""Fixtures shared by every tier. The devcluster is started once per session, in a directory
-of its own, and stopped at the end; DEVCLUSTER_DIR reuses a cluster a developer keeps running."""
+"""Fixtures shared by every tier. The devcluster is started once per session (per parallel worker),
+in a directory of its own, and stopped at the end; DEVCLUSTER_DIR reuses a cluster a developer keeps
+running (`<DEVCLUSTER_DIR>-gw<n>` for parallel worker n)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,26 @@ import kubernetes
 import pytest
 
 from devcluster import build, cluster
-from tests.helpers import clusterdns
+from tests.helpers import clusterdns, durations
 from tests.helpers.devcluster import DevCluster
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest modules first (as last measured, tests/durations.json), each module's tests kept
+    together and in order: parallel workers take whole modules in this order, so the run does not
+    end waiting on one long module started last."""
+    seconds = durations.known_order()
+    position = {item.nodeid: index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (-seconds.get(item.nodeid.split("::")[0], 0.0), item.nodeid.split("::")[0],
+                                 position[item.nodeid]))
+
+
 @pytest.fixture(scope="session")
-def devcluster(tmp_path_factory: pytest.TempPathFactory) -> DevCluster:
+def devcluster(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> DevCluster:
+    """Each parallel worker (pytest-xdist) has a cluster of its own, and with it its own operator."""
     kept = os.environ.get("DEVCLUSTER_DIR")
+    if kept and worker_id != "master":
+        kept = f"{kept}-{worker_id}"
     directory = Path(kept) if kept else tmp_path_factory.mktemp("devcluster")
     cluster.up(directory)
     handle = DevCluster(dir=directory.resolve(), bin_dir=build.bin_dir())

@@ -254,9 +254,15 @@ def remove_from_taskqueue(runtime: Runtime, body: Mapping[str, Any], taskqueue: 
 
 def forget_periodicjob(runtime: Runtime, body: Mapping[str, Any], taskqueue: Mapping[str, Any] | None,
                        children: Iterable[Manifest]) -> None:
-    """The PeriodicJob is being deleted: once a pass under way has ended, take its entry out."""
+    """The PeriodicJob is being deleted: once a pass under way has ended, take its entry out, after any
+    pass of its TaskQueue under way (which may have read the job from the cache before its deletion;
+    later passes leave the forgotten job out)."""
     runtime.forget(ObjectIdentity.from_body(body).uid)
-    remove_from_taskqueue(runtime, body, taskqueue, children)
+    if taskqueue is None:
+        return
+    with runtime.exclusively(ObjectIdentity.from_body(taskqueue).uid) as present:
+        if present:
+            remove_from_taskqueue(runtime, body, taskqueue, children)
 
 
 def forget_taskqueue(runtime: Runtime, taskqueue: Mapping[str, Any], children: Iterable[Manifest]) -> None:

@@ -121,6 +121,11 @@ class Runtime:
                 present = uid not in self._forgotten
             yield present
 
+    def deleted(self, uid: str) -> bool:
+        """Whether `forget` was called for the object (in the last FORGOTTEN_FOR_SECONDS)."""
+        with self._locks_guard:
+            return uid in self._forgotten
+
     def queue_memory(self, uid: str, queue: str) -> QueueMemory:
         with self._locks_guard:
             return self._memory.setdefault(uid, {}).setdefault(queue, QueueMemory())

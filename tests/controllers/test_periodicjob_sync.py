@@ -163,6 +163,24 @@ def test_a_deleted_job_leaves_the_beat_at_once() -> None:
     assert jobs.state.jobs == {}
 
 
+def test_a_taskqueue_pass_that_read_its_periodicjobs_before_a_deletion_does_not_put_the_job_back() -> None:
+    """The TaskQueue's sync reads the PeriodicJobs referring to it from the operator's cache; a pass
+    that read them before a job's deletion reached the cache may write after the job's delete handler
+    took it out. It must not put the job back: the beat would go on sending a deleted job."""
+    jobs = Jobs()
+    jobs.create()
+    jobs.create("daily")
+    jobs.sync()
+    jobs.sync("daily")
+    taskqueue, children = jobs.kube.body("TaskQueue", "shop"), jobs.kube.children_of(jobs.tq_uid)
+    hourly, daily = jobs.kube.body("PeriodicJob", "hourly"), jobs.kube.body("PeriodicJob", "daily")
+
+    periodicjobs.forget_periodicjob(jobs.runtime, hourly, taskqueue, children)
+    assert list(jobs.state.jobs) == ["daily"]
+    reconcile.reconcile_taskqueue(jobs.runtime, taskqueue, children, [hourly, daily])  # read before the delete
+    assert list(jobs.state.jobs) == ["daily"], "the deleted job stays out of the beat"
+
+
 def test_passes_that_waited_through_a_deletion_write_nothing_after_it() -> None:
     """A timer's pass holding a body read before its object was deleted runs after the delete
     handler: neither the TaskQueue's sync nor a PeriodicJob's may put the schedule state back, or a

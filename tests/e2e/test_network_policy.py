@@ -93,8 +93,8 @@ def test_only_its_pods_producers_and_the_operator_reach_the_managed_broker(
               "a pod without the producer label kept out of the broker")
 
     # the producer sends a task as a web app would; the TaskQueue's own worker runs it
-    send = (f"import os, celery; celery.Celery(broker=os.environ['BROKER']).send_task("
-            f"'myapp.tasks.record', args=['np-runs', 'from-producer'], queue='jobs')")
+    send = ("import os, celery; celery.Celery(broker=os.environ['BROKER']).send_task("
+            "'myapp.tasks.record', args=['np-runs', 'from-producer'], queue='jobs')")
     devcluster.kubectl("exec", "-n", namespace, "producer", "--", "python", "-c", send, timeout=60)
     [entry] = wait_for(lambda: recorded(url, "np-runs"), 90, "the worker to run the producer's task")
     assert entry["value"] == "from-producer"

@@ -264,7 +264,7 @@ def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueue
                      children: Children, failures: Mapping[str, PodFailure],
                      now: float) -> tuple[Condition, ProbeResult | None]:
     """BrokerReady, and what the probe found (None: the broker was not probed, its pod is not up)."""
-    starting = None  # the managed Redis' rollout, while a silence of its may be its start
+    starting = None  # the managed Redis' Deployment, while its silence may still be its start
     if spec.broker.kind == "managed":
         name = naming.broker_name(identity.name)
         rollout = Rollout.of(children.deployment(name))

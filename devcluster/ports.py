@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -15,6 +16,18 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def _worker_slice(first: int, last: int) -> tuple[int, int]:
+    """The part of [first, last] this process picks from: parallel test workers (pytest-xdist sets
+    PYTEST_XDIST_WORKER=gw<n> of PYTEST_XDIST_WORKER_COUNT, and their servers' processes inherit it)
+    take disjoint parts, so two never pick the same port between the probe and the server's bind."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return first, last
+    size = (last - first + 1) // int(count)
+    start = first + (int(worker[2:]) % int(count)) * size
+    return start, start + size - 1
+
+
 def free_port() -> int:
     """A free port of 127.0.0.1 below the ephemeral range.
 
@@ -22,9 +35,9 @@ def free_port() -> int:
     may take it (seen here: kube-controller-manager "address already in use", RabbitMQ's
     distribution port). Ports below the range are taken only by servers.
     """
-    low, _ = _ephemeral_range()
+    first, last = _worker_slice(max(1024, _ephemeral_range()[0] - 15000), _ephemeral_range()[0] - 1)
     for _ in range(500):
-        port = random.randint(max(1024, low - 15000), low - 1)
+        port = random.randint(first, last)
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))

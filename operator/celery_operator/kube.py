@@ -77,7 +77,7 @@ class KubeError(RuntimeError):
         self.status = status
         self.reason = reason
         self.message = message
-        self.causes = causes  # the types of the Status's details.causes
+        self.causes = causes  # the types of the Status's details.causes (their "reason" in JSON)
 
     @property
     def not_found(self) -> bool:
@@ -95,7 +95,8 @@ def _kube_error(status: int | None, reason: str | None, body: bytes | str | None
     try:
         parsed = json.loads(body or "{}")
         message, kind = parsed.get("message", message), parsed.get("reason", kind)
-        causes = tuple(str(cause.get("type")) for cause in (parsed.get("details") or {}).get("causes") or [])
+        # a StatusCause's type is serialized as "reason" (metav1.StatusCause: Type `json:"reason"`)
+        causes = tuple(str(cause.get("reason")) for cause in (parsed.get("details") or {}).get("causes") or [])
     except (TypeError, ValueError, AttributeError):
         pass
     return KubeError(status or 0, kind, message, causes)

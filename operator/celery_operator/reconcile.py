@@ -549,8 +549,8 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
         if not present:
             return  # deleted while this pass waited: its children go with it, its schedule state is gone
         # the cache may still hold a PeriodicJob whose delete handler has run: it must not come back
-        present = [job for job in referring if not runtime.deleted(job.get("metadata", {}).get("uid", ""))]
-        verdict = converge(runtime, body, Children(observed), present, moment.timestamp())
+        jobs = [job for job in referring if not runtime.deleted(job.get("metadata", {}).get("uid", ""))]
+        verdict = converge(runtime, body, Children(observed), jobs, moment.timestamp())
         record_beat_up(identity, verdict)
         publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),
                 runtime.settings.field_manager, EVENTS, runtime.status_writes)

@@ -35,7 +35,8 @@ def free_port() -> int:
     may take it (seen here: kube-controller-manager "address already in use", RabbitMQ's
     distribution port). Ports below the range are taken only by servers.
     """
-    first, last = _worker_slice(max(1024, _ephemeral_range()[0] - 15000), _ephemeral_range()[0] - 1)
+    ephemeral_low = _ephemeral_range()[0]
+    first, last = _worker_slice(max(1024, ephemeral_low - 15000), ephemeral_low - 1)
     for _ in range(500):
         port = random.randint(first, last)
         with socket.socket() as probe:

@@ -9,6 +9,7 @@ not rolled out, so a settled TaskQueue reads no pods.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,6 +28,11 @@ WAITING_REASONS: Final = (
     CRASH_LOOP,
 )
 _IMAGE_REASONS: Final = frozenset(WAITING_REASONS[:4])
+# The kubelet waits only a second for its watch of a pod's Secrets and ConfigMaps to sync, and
+# reports a CreateContainerConfigError with one of these messages when it has not yet (on a node
+# that just started, or one slow under load). It retries on its next sync of the pod: starting, not
+# failing.
+_CACHE_NOT_SYNCED: Final = re.compile(r'^(failed to sync \w+ cache\b|object ".*" not registered$)')
 _RANK: Final = {reason: rank for rank, reason in enumerate((*WAITING_REASONS[:-1], OOM_KILLED, CRASH_LOOP))}
 
 
@@ -52,6 +58,8 @@ def _container_failure(status: Mapping[str, Any]) -> tuple[str, str] | None:
         return reason, f"image {status.get('image', '')}".strip()
     if (reason == CRASH_LOOP and last.get("reason") == OOM_KILLED) or terminated.get("reason") == OOM_KILLED:
         return OOM_KILLED, "the container ran out of memory; raise its memory limit"
+    if reason == "CreateContainerConfigError" and _CACHE_NOT_SYNCED.match(str(waiting.get("message") or "")):
+        return None
     if reason in WAITING_REASONS:
         return reason, str(waiting.get("message") or "")[:300]
     if last.get("reason") == OOM_KILLED and not status.get("ready"):

@@ -22,8 +22,8 @@ from tests.helpers.waiting import holds_for, wait_for
 
 pytestmark = [
     pytest.mark.cluster,
-    # the first test's share includes KEDA's build when `make test` still runs it (about 6 minutes
-    # cold), a cluster's start and KEDA's rollout
+    # the first test's share includes KEDA's build when `make test` still runs it (14 minutes cold,
+    # measured beside the other real tiers on 2 cores), a cluster's start and KEDA's rollout
     pytest.mark.timeout(1800),
 ]
 

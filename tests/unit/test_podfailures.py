@@ -45,6 +45,16 @@ def test_a_missing_secret_key_is_a_config_error_with_the_kubelets_message() -> N
     assert (failure.reason, failure.detail) == ("CreateContainerConfigError", 'secret "shop-broker" not found')
 
 
+@pytest.mark.parametrize("message", [
+    "failed to sync secret cache: timed out waiting for the condition",
+    "failed to sync configmap cache: timed out waiting for the condition",
+    'object "shop"/"shop-broker" not registered',
+])
+def test_a_kubelet_whose_secret_watch_has_not_synced_yet_is_starting_not_failing(message: str) -> None:
+    # Seen on a real node: the kubelet gives its Secret watch one second, then retries on its next sync.
+    assert pod_failure("d", pod(waiting("CreateContainerConfigError", message))) is None
+
+
 def test_a_crash_loop_after_an_oom_kill_says_oom() -> None:
     oom = waiting("CrashLoopBackOff", "back-off 40s", lastState={"terminated": {"reason": "OOMKilled"}})
     assert pod_failure("d", pod(oom)).reason == "OOMKilled"

@@ -65,6 +65,9 @@ class Children(Mapping[ChildKey, Manifest]):
     def deployment(self, name: str) -> Manifest | None:
         return self._by_key.get(deployment_key(name))
 
+    def claim(self, name: str) -> Manifest | None:
+        return self._by_key.get(("v1", "PersistentVolumeClaim", name))
+
     def secret(self, name: str) -> Manifest | None:
         return self._by_key.get(secret_key(name))
 

@@ -179,6 +179,12 @@ class Kube:
         path = resource_type("v1", "Pod").collection_path(namespace)
         return self._call("GET", path, query=[("labelSelector", label_selector)]).get("items", [])
 
+    def list_events(self, namespace: str, kind: str, name: str) -> list[Manifest]:
+        """The core/v1 Events about the object `kind`/`name` (what `kubectl describe` shows)."""
+        path = resource_type("v1", "Event").collection_path(namespace)
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        return self._call("GET", path, query=[("fieldSelector", selector)]).get("items", [])
+
     # --- writes ------------------------------------------------------------------------------
 
     def apply(self, manifest: Mapping[str, Any], field_manager: str) -> Manifest:

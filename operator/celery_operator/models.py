@@ -173,17 +173,21 @@ class QueueSpec:
         return self.autoscaling is not None
 
 
+DEFAULT_BROKER_VOLUME_SIZE: Final = "1Gi"
+
+
 @dataclass(frozen=True)
 class Persistence:
-    size: str
-    storage_class_name: str = ""
+    """The managed broker's volume claim; Redis keeps an append-only file on it."""
+    size: str = DEFAULT_BROKER_VOLUME_SIZE
+    storage_class_name: str = ""  # "" = the cluster's default StorageClass
 
 
 @dataclass(frozen=True)
 class ManagedBroker:
     image: str | None = None  # None: the operator's setting CELERY_OPERATOR_REDIS_IMAGE
     resources: Mapping[str, Any] = field(default_factory=dict)  # {} = the builder's defaults
-    persistence: Persistence | None = None
+    persistence: Persistence | None = Persistence()  # None: an emptyDir, lost with the pod (an explicit choice)
     max_memory: str | None = None  # Redis maxmemory (a quantity); None = derived from the memory limit
 
 
@@ -548,6 +552,23 @@ def _validate_queue_name(name: str, path: str) -> None:
         )
 
 
+def _parse_persistence(value: Any) -> Persistence | None:
+    """broker.managed.persistence: omitted = the durable default; `enabled: false` = None (an emptyDir)."""
+    where = "spec.broker.managed.persistence"
+    raw = _mapping(value, where)
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SpecError(f"{where}.enabled", "must be true or false")
+    if not enabled:
+        return None
+    size = raw.get("size", DEFAULT_BROKER_VOLUME_SIZE)
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = str(size)  # a quantity may be written as a bare number of bytes
+    if not isinstance(size, str) or not size:
+        raise SpecError(f"{where}.size", "must be a quantity such as 1Gi")
+    return Persistence(size=size, storage_class_name=_optional_string(raw, "storageClassName", where) or "")
+
+
 def _parse_broker(values: Mapping[str, Any]) -> BrokerSpec:
     present = [key for key in ("managed", "url", "urlSecretRef") if values.get(key) is not None]
     if len(present) > 1:
@@ -560,18 +581,7 @@ def _parse_broker(values: Mapping[str, Any]) -> BrokerSpec:
         reference = _secret_key_ref(values["urlSecretRef"], "spec.broker.urlSecretRef")
         return BrokerSpec(kind="secretRef", url_secret_ref=reference)
     managed = _mapping(values.get("managed"), "spec.broker.managed")
-    persistence = None
-    if managed.get("persistence") is not None:
-        raw = _mapping(managed["persistence"], "spec.broker.managed.persistence")
-        size = raw.get("size")
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = str(size)  # a quantity may be written as a bare number of bytes
-        if not isinstance(size, str) or not size:
-            raise SpecError("spec.broker.managed.persistence.size", "is required: a quantity such as 1Gi")
-        persistence = Persistence(
-            size=size,
-            storage_class_name=_optional_string(raw, "storageClassName", "spec.broker.managed.persistence") or "",
-        )
+    persistence = _parse_persistence(managed.get("persistence"))
     resources = _object(managed, "resources", "spec.broker.managed")
     max_memory = _optional_quantity(managed, "maxMemory", "spec.broker.managed")
     limit = (resources.get("limits") or {}).get("memory") if isinstance(resources.get("limits"), Mapping) else None

@@ -1,4 +1,5 @@
-"""Why a child Deployment's pods cannot run, in the kubelet's own words. Pure.
+"""Why a child Deployment's pods cannot run, in the kubelet's own words, and why a volume claim
+does not bind, in the binder's or the provisioner's. Pure.
 
 Read from pod statuses: a container waiting for a reason that will not pass by itself (its image
 cannot be pulled, its configuration names a missing Secret or ConfigMap key, it keeps crashing),
@@ -91,3 +92,19 @@ def deployment_failure(deployment: Mapping[str, Any], pods: Iterable[Mapping[str
     selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     found = [failure for pod in pods if _selects(selector, pod) and (failure := pod_failure(name, pod))]
     return min(found, key=lambda f: (_RANK.get(f.reason, len(_RANK)), f.container)) if found else None
+
+
+def unbound_claim(claim: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a Pending claim does not bind: the newest Warning Event about it (no such StorageClass, no
+    default StorageClass, the provisioner's error). None when it is bound or only waiting (for its
+    first consumer, for the provisioner): a claim that merely takes its time is no failure."""
+    metadata = claim.get("metadata") or {}
+    if (claim.get("status") or {}).get("phase", "Pending") != "Pending":
+        return None
+    warnings = [event for event in events if event.get("type") == "Warning"
+                and (event.get("involvedObject") or {}).get("uid") == metadata.get("uid")]
+    if not warnings:
+        return None
+    newest = max(warnings, key=lambda event: str(event.get("lastTimestamp") or event.get("eventTime") or ""))
+    return (f"PersistentVolumeClaim {metadata.get('name', '')} cannot bind "
+            f"({newest.get('reason', '')}: {str(newest.get('message') or '')[:300]})")

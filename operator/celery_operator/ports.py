@@ -22,6 +22,8 @@ class KubePort(Protocol):
 
     def list_pods(self, namespace: str, label_selector: str) -> list[Manifest]: ...
 
+    def list_events(self, namespace: str, kind: str, name: str) -> list[Manifest]: ...
+
     def apply(self, manifest: Mapping[str, Any], field_manager: str) -> Manifest: ...
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None) -> bool: ...
@@ -71,6 +73,9 @@ class BrokerSession(Protocol):
 class BrokerPort(Protocol):
     def probe(self, url: str) -> ProbeResult:
         """Whether the broker answers (else why not, no password in it), and a Redis broker's memory."""
+
+    def count_messages(self, url: str, queues: Sequence[str]) -> int:
+        """Messages `queues` hold, waiting or reserved. Raises broker.urls.BrokerUnavailable."""
 
     def session(self, user: str, url: str) -> BrokerSession:
         """The broker's session for `user` (a TaskQueue uid), opened on first use."""

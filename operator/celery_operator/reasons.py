@@ -26,6 +26,7 @@ class BrokerReady:
     UNREACHABLE: Final = "BrokerUnreachable"
     STARTING: Final = "BrokerStarting"  # the managed Redis is not available yet, or just became so
     POD_FAILING: Final = "BrokerPodFailing"  # ... because its pod cannot run
+    VOLUME_PENDING: Final = "BrokerVolumePending"  # ... because its volume claim cannot bind
 
 
 class BrokerAcceptingWrites:
@@ -84,6 +85,7 @@ class EventReason:
     SCALED_UP: Final = "ScaledUp"
     SCALED_DOWN: Final = "ScaledDown"
     BROKER_AVAILABLE: Final = "BrokerAvailable"  # the scaler reads the broker again after an outage
+    BROKER_RESTARTED: Final = "BrokerRestarted"  # a new run of redis-server (brokerrestarts.py)
     WORKER_STUCK: Final = "WorkerStuck"  # a worker alive but not consuming (workerhealth.py)
     WORKER_RESTARTED: Final = "WorkerRestarted"  # a worker container restarted (OOMKilled, Error, ...)
 

@@ -22,14 +22,15 @@ from . import builders, drift, metrics, naming
 from .beat import state as beat_state
 from .beat.jobs import DesiredJob, desired_jobs, plan_sync
 from .beat.state import BeatState, StateLocation
+from .brokerrestarts import BrokerRestart, restart_cause, restarted
 from .broker.probe import ProbeResult
 from .broker.urls import BrokerUnavailable, is_redis_url, redact
 from .children import ChildKey, Children, Manifest, Rollout, child_key, controller_uid, decode_secret_value
 from .conditions import Condition
 from .kube import KubeError, unless_namespace_terminating
 from .models import ObjectIdentity, SpecError, TaskQueueSpec, validate_taskqueue_name
-from .podfailures import PodFailure, deployment_failure
-from .reasons import PROGRESS, BeatReady, BrokerAcceptingWrites, BrokerReady, Ready, WorkersReady
+from .podfailures import PodFailure, deployment_failure, unbound_claim
+from .reasons import PROGRESS, BeatReady, BrokerAcceptingWrites, BrokerReady, EventReason, Ready, WorkersReady
 from .runtime import Runtime
 from .settings import Settings
 from .status import HeadlineEvents, StatusPart, publish
@@ -40,7 +41,7 @@ PASSWORD_BYTES: Final = 24
 STATUS: Final = StatusPart(
     conditions=frozenset({Ready.TYPE, BrokerReady.TYPE, BrokerAcceptingWrites.TYPE, WorkersReady.TYPE,
                           BeatReady.TYPE}),
-    fields=frozenset({"observedGeneration", "brokerSecretName", "queueCount", "workers"}),
+    fields=frozenset({"observedGeneration", "brokerSecretName", "queueCount", "workers", "broker"}),
     queue_fields=("name", "replicas", "readyReplicas"),
 )
 EVENTS: Final = HeadlineEvents(Ready.TYPE, progress=PROGRESS)
@@ -226,6 +227,22 @@ def pod_failures(runtime: Runtime, identity: ObjectIdentity, children: Children)
     return {name: failure for name, failure in failures.items() if failure is not None}
 
 
+def broker_claim_problem(runtime: Runtime, identity: ObjectIdentity, children: Children) -> str | None:
+    """Why the managed broker's volume claim does not bind, while its Deployment has not rolled out
+    and the claim is Pending; reads the claim's Events only then."""
+    name = naming.broker_name(identity.name)
+    claim = children.claim(name)
+    if claim is None or Rollout.of(children.deployment(name)).settled or (claim.get("status") or {}).get(
+            "phase", "Pending") != "Pending":
+        return None
+    try:
+        events = runtime.kube.list_events(identity.namespace, "PersistentVolumeClaim", name)
+    except KubeError as error:
+        logger.warning("cannot read the Events of claim %s/%s: %s", identity.namespace, name, error)
+        return None
+    return unbound_claim(claim, events)
+
+
 # --- conditions -----------------------------------------------------------------------------------
 
 def queue_statuses(identity: ObjectIdentity, spec: TaskQueueSpec, children: Children) -> list[dict[str, Any]]:
@@ -262,7 +279,7 @@ def workers_condition(identity: ObjectIdentity, spec: TaskQueueSpec, children: C
 
 def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
                      children: Children, failures: Mapping[str, PodFailure],
-                     now: float) -> tuple[Condition, ProbeResult | None]:
+                     now: float, claim_problem: str | None = None) -> tuple[Condition, ProbeResult | None]:
     """BrokerReady, and what the probe found (None: the broker was not probed, its pod is not up)."""
     starting = None  # the managed Redis' Deployment, while its silence may still be its start
     if spec.broker.kind == "managed":
@@ -270,6 +287,10 @@ def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueue
         rollout = Rollout.of(children.deployment(name))
         if name in failures:
             return Condition.false(BrokerReady.TYPE, BrokerReady.POD_FAILING, failures[name].describe()), None
+        if claim_problem is not None:
+            return Condition.false(BrokerReady.TYPE, BrokerReady.VOLUME_PENDING,
+                                   f"the managed Redis cannot start: {claim_problem}; see "
+                                   "spec.broker.managed.persistence"), None
         if not rollout.settled:  # still starting: a progress report, not an outage
             return Condition.false(BrokerReady.TYPE, BrokerReady.STARTING,
                                    f"waiting for the managed Redis (Deployment {name}: {rollout.describe()})"), None
@@ -283,6 +304,48 @@ def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueue
                                f"the managed Redis is available (Deployment {starting}) and does not answer yet: "
                                f"{result.problem}"), result
     return Condition.false(BrokerReady.TYPE, BrokerReady.UNREACHABLE, result.problem), result
+
+
+def broker_record(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
+                  probed: ProbeResult | None, recorded: Mapping[str, Any] | None,
+                  now: float) -> tuple[Mapping[str, Any] | None, BrokerRestart | None]:
+    """status.broker after this pass (None: as it was), and the restart of the broker it saw, with
+    its cause and what the queues hold now. `recorded`: status.broker as this writer last left it."""
+    instance = probed.instance if probed is not None else None
+    if instance is None:
+        return None, None
+    record = {**(recorded or {}), "runId": instance.run_id}
+    if not restarted((recorded or {}).get("runId"), instance):
+        return record, None
+    try:
+        messages: int | None = runtime.brokers.count_messages(access.url, [queue.name for queue in spec.queues])
+    except BrokerUnavailable as error:
+        logger.warning("cannot count the messages of TaskQueue %s/%s after its broker restarted: %s",
+                       identity.namespace, identity.name, error)
+        messages = None
+    restart = BrokerRestart.of(_restart_cause(runtime, identity, spec, instance.uptime_seconds), instance, messages,
+                               datetime.datetime.fromtimestamp(now, datetime.timezone.utc),
+                               without_persistence(spec))
+    record["lastRestart"] = restart.status()
+    return record, restart
+
+
+def _restart_cause(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, uptime_seconds: int) -> str:
+    if spec.broker.kind != "managed":
+        return f"the Redis server restarted ({uptime_seconds} s ago)"
+    selector = f"{naming.owned_children_selector(identity.name)},{naming.LABEL_COMPONENT}={naming.BROKER}"
+    try:
+        return restart_cause(runtime.kube.list_pods(identity.namespace, selector))
+    except KubeError as error:
+        logger.warning("cannot read the broker pods of TaskQueue %s/%s: %s", identity.namespace, identity.name, error)
+        return "the broker restarted"
+
+
+def without_persistence(spec: TaskQueueSpec) -> str:
+    """Why a broker keeps no append-only file, in the words of the spec."""
+    if spec.broker.kind == "managed":
+        return "spec.broker.managed.persistence.enabled is false"
+    return "the Redis server runs with appendonly no"
 
 
 # A Service reaches the nodes' proxies and the cluster DNS a moment after its pod became Ready
@@ -342,6 +405,8 @@ class Verdict:
     flower: Condition | None = None  # only when Flower's pods cannot run
     writes: Condition | None = None  # BrokerAcceptingWrites; None = none, or as it was when keep_writes
     keep_writes: bool = False
+    broker_record: Mapping[str, Any] | None = None  # status.broker; None = as it was
+    restart: BrokerRestart | None = None  # a restart of the broker this pass saw
 
     @classmethod
     def of_blocked(cls, blocked: Blocked) -> Verdict:
@@ -369,7 +434,8 @@ def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: V
     previous = body.get("status") or {}
     updates = [c for c in (verdict.broker, verdict.writes, verdict.workers, verdict.beat) if c is not None]
     fields: dict[str, Any] = {"observedGeneration": identity.generation,
-                              "brokerSecretName": naming.broker_name(identity.name)}
+                              "brokerSecretName": naming.broker_name(identity.name),
+                              "broker": verdict.broker_record or previous.get("broker")}
     if verdict.queues is None:
         fields.update({key: previous.get(key) for key in ("queueCount", "workers")})
         queues = STATUS.owned_queues(previous) or None
@@ -484,7 +550,8 @@ def _beat_state(runtime: Runtime, identity: ObjectIdentity, plan: BeatPlan, brok
 # --- the whole pass -------------------------------------------------------------------------------
 
 def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
-             referring: Sequence[Mapping[str, Any]] = (), now: float | None = None) -> Verdict:
+             referring: Sequence[Mapping[str, Any]] = (), now: float | None = None,
+             recorded_broker: Mapping[str, Any] | None = None) -> Verdict:
     identity = ObjectIdentity.from_body(body)
     try:
         validate_taskqueue_name(identity.name)
@@ -509,8 +576,10 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
         return Verdict.of_blocked(blocked)
     failures = pod_failures(runtime, identity, children)
     moment = time.time() if now is None else now
-    broker, probed = broker_condition(runtime, identity, spec, access, children, failures, moment)
+    broker, probed = broker_condition(runtime, identity, spec, access, children, failures, moment,
+                                      broker_claim_problem(runtime, identity, children))
     writes, keep_writes = writes_condition(probed, access.url)
+    record, restart = broker_record(runtime, identity, spec, access, probed, recorded_broker, moment)
     state, problem = _beat_state(runtime, identity, beat, broker, access.url, observed, moment)
     return Verdict(
         broker=broker,
@@ -521,6 +590,8 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
         flower=flower_condition(identity, spec, failures),
         writes=writes,
         keep_writes=keep_writes,
+        broker_record=record,
+        restart=restart,
     )
 
 
@@ -534,6 +605,13 @@ def record_beat_up(identity: ObjectIdentity, verdict: Verdict) -> None:
             metrics.BEAT_UP.remove(identity.namespace, identity.name)
         return
     metrics.BEAT_UP.labels(identity.namespace, identity.name).set(1 if verdict.beat.is_true else 0)
+
+
+def report_broker_restart(runtime: Runtime, body: Mapping[str, Any], restart: BrokerRestart) -> None:
+    identity = ObjectIdentity.from_body(body)
+    message = restart.message()
+    logger.warning("TaskQueue %s/%s: %s", identity.namespace, identity.name, message)
+    runtime.kube.post_event(body, restart.event_type, EventReason.BROKER_RESTARTED, message)
 
 
 def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Iterable[Manifest],
@@ -550,7 +628,11 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
             return  # deleted while this pass waited: its children go with it, its schedule state is gone
         # the cache may still hold a PeriodicJob whose delete handler has run: it must not come back
         jobs = [job for job in referring if not runtime.deleted(job.get("metadata", {}).get("uid", ""))]
-        verdict = converge(runtime, body, Children(observed), jobs, moment.timestamp())
+        seen = runtime.status_writes.live(identity.uid, runtime.settings.field_manager, STATUS,
+                                          body.get("status") or {})
+        verdict = converge(runtime, body, Children(observed), jobs, moment.timestamp(), seen.get("broker"))
         record_beat_up(identity, verdict)
-        publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),
-                runtime.settings.field_manager, EVENTS, runtime.status_writes)
+        wrote = publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),
+                        runtime.settings.field_manager, EVENTS, runtime.status_writes)
+        if wrote and verdict.restart is not None:  # once: a pass on a stale body finds nothing to write
+            report_broker_restart(runtime, body, verdict.restart)

@@ -15,7 +15,7 @@ from typing import Any
 from celery_operator.beat.state import BeatState, StateLocation
 from celery_operator.broker.depth import QueueDepth
 from celery_operator.broker.heartbeats import QueueActivity, WorkerState
-from celery_operator.broker.probe import ProbeResult, RedisMemory
+from celery_operator.broker.probe import ProbeResult, RedisInstance, RedisMemory
 from celery_operator.broker.urls import BrokerUnavailable
 from celery_operator.children import controller_uid
 from celery_operator.kube import KubeError
@@ -64,6 +64,7 @@ class FakeKube:
         self.objects: dict[Key, StoredObject] = {}
         self.pods: list[Manifest] = []
         self.events: list[tuple[str, str, str, str]] = []  # (involved name, type, reason, message)
+        self.object_events: list[Manifest] = []  # Events other controllers recorded (the binder's, ...)
         self.writes: list[tuple[str, str, str]] = []
         self.terminating: set[str] = set()  # namespaces being deleted: creates there are refused
 
@@ -121,6 +122,18 @@ class FakeKube:
                           "conditions": [{"type": "Available", "status": "True" if ready else "False",
                                           "lastTransitionTime": since}]}
 
+    def bind_claim(self, name: str, namespace: str = "ns") -> None:
+        self.objects[("PersistentVolumeClaim", namespace, name)].body["status"] = {"phase": "Bound"}
+
+    def record_event(self, kind: str, name: str, event_type: str, reason: str, message: str,
+                     namespace: str = "ns") -> None:
+        """An Event another controller posts about our child `kind`/`name` (the volume binder, ...)."""
+        involved = self.objects[(kind, namespace, name)].body["metadata"]
+        self.object_events.append({"type": event_type, "reason": reason, "message": message,
+                                   "lastTimestamp": f"2026-12-07T10:00:{len(self.object_events):02d}Z",
+                                   "involvedObject": {"kind": kind, "name": name, "namespace": namespace,
+                                                      "uid": involved["uid"]}})
+
     def roll_out_all(self, namespace: str = "ns") -> None:
         for kind, space, name in list(self.objects):
             if kind == "Deployment" and space == namespace:
@@ -145,6 +158,11 @@ class FakeKube:
         wanted = dict(item.split("=", 1) for item in label_selector.split(","))
         return [copy.deepcopy(pod) for pod in self.pods if pod["metadata"].get("namespace", namespace) == namespace
                 and wanted.items() <= (pod["metadata"].get("labels") or {}).items()]
+
+    def list_events(self, namespace: str, kind: str, name: str) -> list[Manifest]:
+        return [copy.deepcopy(event) for event in self.object_events
+                if (event["involvedObject"]["kind"], event["involvedObject"]["namespace"],
+                    event["involvedObject"]["name"]) == (kind, namespace, name)]
 
     def apply(self, manifest: Mapping[str, Any], field_manager: str) -> Manifest:
         metadata = manifest["metadata"]
@@ -288,10 +306,23 @@ class FakeBrokers:
         self.sessions: dict[str, FakeSession] = {}
         self.unreachable: dict[str, str] = {}  # url -> why the probe fails
         self.memory: dict[str, RedisMemory] = {}  # url -> what INFO memory says
+        self.instances: dict[str, RedisInstance] = {}  # url -> which run of redis-server answers
+        self.messages: dict[str, int] = {}  # url -> what count_messages finds
         self.released: list[str] = []
 
     def probe(self, url: str) -> ProbeResult:
-        return ProbeResult(self.unreachable.get(url), None if url in self.unreachable else self.memory.get(url))
+        if url in self.unreachable:
+            return ProbeResult(self.unreachable[url])
+        return ProbeResult(None, self.memory.get(url), self.instances.get(url))
+
+    def restart(self, url: str, *, append_only: bool, uptime_seconds: int = 3) -> None:
+        """redis-server at `url` starts again: a new run_id."""
+        self.instances[url] = RedisInstance(f"run-{next(_UIDS)}", uptime_seconds, append_only)
+
+    def count_messages(self, url: str, queues: Sequence[str]) -> int:
+        if url in self.unreachable:
+            raise BrokerUnavailable(url, "cannot read queue depth", self.unreachable[url])
+        return self.messages.get(url, 0)
 
     def session(self, user: str, url: str) -> FakeSession:
         return self.sessions.setdefault(url, FakeSession(url))

@@ -80,12 +80,36 @@ def test_a_new_taskqueue_gets_its_children_and_a_status_that_says_it_is_starting
     writes = cluster.reconcile()
     applied = {(kind, name) for verb, kind, name in writes if verb == "apply"}
     assert applied == {("Secret", "shop-broker"), ("Deployment", "shop-broker"), ("Service", "shop-broker"),
-                       ("Deployment", "shop-worker-fast"), ("Deployment", "shop-worker-slow"),
+                       ("PersistentVolumeClaim", "shop-broker"), ("Deployment", "shop-worker-fast"), ("Deployment", "shop-worker-slow"),
                        ("NetworkPolicy", "shop-broker"), ("NetworkPolicy", "shop-workers")}
     assert cluster.condition("BrokerReady")["reason"] == "BrokerStarting"
     assert cluster.condition("Ready")["status"] == "False"
     assert [(kind, reason) for _, kind, reason, _ in cluster.kube.events] == [("Normal", "BrokerStarting")]
     assert cluster.body["status"]["brokerSecretName"] == "shop-broker"
+
+
+def test_a_broker_claim_that_cannot_bind_says_why_in_broker_ready_with_one_warning() -> None:
+    cluster = Cluster()
+    cluster.reconcile()
+    cluster.kube.record_event("PersistentVolumeClaim", "shop-broker", "Normal", "WaitForFirstConsumer",
+                              "waiting for first consumer to be created before binding")
+    cluster.reconcile()
+    assert cluster.condition("BrokerReady")["reason"] == "BrokerStarting", "waiting to bind is progress"
+    cluster.kube.record_event("PersistentVolumeClaim", "shop-broker", "Warning", "ProvisioningFailed",
+                              'storageclass.storage.k8s.io "fast" not found')
+    for _ in range(3):
+        cluster.reconcile()
+    broker = cluster.condition("BrokerReady")
+    assert (broker["status"], broker["reason"]) == ("False", "BrokerVolumePending")
+    assert "PersistentVolumeClaim shop-broker cannot bind" in broker["message"]
+    assert 'storageclass.storage.k8s.io "fast" not found' in broker["message"]
+    assert "spec.broker.managed.persistence" in broker["message"]
+    warnings = [reason for _, kind, reason, _ in cluster.kube.events if kind == "Warning"]
+    assert warnings == ["BrokerVolumePending"], "one Event for the state, not one per pass"
+    cluster.kube.bind_claim("shop-broker")
+    cluster.kube.roll_out_all()
+    cluster.reconcile()
+    assert cluster.condition("BrokerReady")["status"] == "True"
 
 
 def test_a_settled_taskqueue_costs_no_write() -> None:
@@ -406,3 +430,56 @@ def test_a_pass_in_a_namespace_being_deleted_ends_quietly_and_other_refusals_sti
     cluster.edit({**SPEC, "queues": [{"name": "fast", "replicas": 2}]})
     with pytest.raises(KubeError):
         cluster.reconcile()
+
+
+def _broker_pod(name: str, *, restarts: int = 0, last: dict[str, Any] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"name": "redis", "restartCount": restarts, "ready": True, "state": {"running": {}}}
+    if last is not None:
+        status["lastState"] = {"terminated": last}
+    return {"metadata": {"name": name, "namespace": "ns", "creationTimestamp": "2026-12-07T12:00:00Z",
+                         "labels": {"app.kubernetes.io/name": "celery", "app.kubernetes.io/managed-by": "celery-operator",
+                                    "app.kubernetes.io/instance": "shop", "app.kubernetes.io/component": "broker"}},
+            "status": {"phase": "Running", "containerStatuses": [status]}}
+
+
+def test_a_restarted_broker_is_recorded_and_told_once_with_its_cause_and_what_it_holds() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    url = reconcile.decode_secret_value(cluster.kube.child("Secret", "shop-broker"), "url")
+    brokers = cluster.runtime.brokers
+    brokers.restart(url, append_only=True, uptime_seconds=600)  # type: ignore[attr-defined]
+    cluster.reconcile()
+    first = cluster.body["status"]["broker"]
+    assert set(first) == {"runId"}, "the first run seen is no restart"
+    assert not [reason for _, _, reason, _ in cluster.kube.events if reason == "BrokerRestarted"]
+
+    cluster.kube.pods.append(_broker_pod("shop-broker-7d-a", restarts=1,
+                                         last={"reason": "Error", "exitCode": 137}))
+    brokers.restart(url, append_only=True)  # type: ignore[attr-defined]
+    brokers.messages[url] = 100  # type: ignore[attr-defined]
+    for _ in range(3):
+        cluster.reconcile()
+    record = cluster.body["status"]["broker"]
+    assert record["runId"] != first["runId"]
+    assert record["lastRestart"]["messages"] == 100 and record["lastRestart"]["appendOnly"] is True
+    told = [(kind, message) for _, kind, reason, message in cluster.kube.events if reason == "BrokerRestarted"]
+    assert told == [("Normal", "redis-server exited in pod shop-broker-7d-a (Error, exit code 137) and the kubelet "
+                     "restarted it; it replayed its append-only file: its queues hold 100 message(s) now")]
+    assert cluster.reconcile() == [], "a settled broker costs no write"
+
+
+def test_an_ephemeral_broker_that_restarts_says_the_queue_started_empty() -> None:
+    cluster = Cluster({**SPEC, "broker": {"managed": {"persistence": {"enabled": False}}}})
+    cluster.settle()
+    url = reconcile.decode_secret_value(cluster.kube.child("Secret", "shop-broker"), "url")
+    brokers = cluster.runtime.brokers
+    brokers.restart(url, append_only=False, uptime_seconds=600)  # type: ignore[attr-defined]
+    cluster.reconcile()
+    cluster.kube.pods.append(_broker_pod("shop-broker-7d-b"))
+    brokers.restart(url, append_only=False)  # type: ignore[attr-defined]
+    cluster.reconcile()
+    told = [(kind, message) for _, kind, reason, message in cluster.kube.events if reason == "BrokerRestarted"]
+    assert told == [("Warning", "the broker runs in a new pod, shop-broker-7d-b; it keeps no append-only file "
+                     "(spec.broker.managed.persistence.enabled is false), so the queue started empty: every "
+                     "message it held before the restart is lost; its queues hold 0 message(s) now")]
+    assert cluster.body["status"]["broker"]["lastRestart"]["appendOnly"] is False

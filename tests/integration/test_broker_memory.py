@@ -11,6 +11,7 @@ import celery
 import pytest
 import redis
 from celery_operator.broker.probe import probe
+from celery_operator.broker.registry import BrokerRegistry
 
 from tests.helpers.processes import RedisServer, redis_server_binary, start_redis
 
@@ -99,3 +100,33 @@ def test_a_broker_that_forbids_info_is_still_reachable_with_its_memory_unknown(t
         assert result.memory is None
     finally:
         server.stop()
+
+
+def test_the_probe_tells_which_run_of_redis_answers_and_whether_it_keeps_an_append_only_file(
+        tmp_path: Path) -> None:
+    """The BrokerRestarted Event rests on this: a new start of redis-server is a new run_id, and a
+    server restarted on its append-only file still holds its messages, counted by count_messages."""
+    workdir = tmp_path / "aof"
+    server = start_redis(workdir, persistent=True)
+    port = server.port
+    client = redis.Redis.from_url(server.url)
+    client.rpush(QUEUE, *[f"m{i}" for i in range(5)])
+    first = probe(server.url, timeout=2).instance
+    assert first is not None and first.append_only
+    client.close()
+    server.stop()
+    server = start_redis(workdir, port=port, persistent=True)
+    registry = BrokerRegistry(timeout=2, on_arrival=lambda url: None)
+    try:
+        again = probe(server.url, timeout=2).instance
+        assert again is not None and again.run_id != first.run_id, "a new start, a new run_id"
+        assert registry.count_messages(server.url, [QUEUE, "empty"]) == 5
+    finally:
+        registry.close()
+        server.stop()
+    ephemeral = start_redis(tmp_path / "ephemeral")
+    try:
+        instance = probe(ephemeral.url, timeout=2).instance
+        assert instance is not None and not instance.append_only
+    finally:
+        ephemeral.stop()

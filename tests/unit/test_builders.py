@@ -273,8 +273,8 @@ def test_decode_secret_value() -> None:
     assert decode_secret_value(secret, "missing") is None
 
 
-def test_managed_redis_without_persistence() -> None:
-    spec = parse()
+def test_an_explicitly_ephemeral_managed_redis_keeps_nothing() -> None:
+    spec = parse(broker={"managed": {"persistence": {"enabled": False}}})
     assert spec.broker.managed is not None
     manifests = by_key(build_managed_broker(OWNER, spec.broker.managed, IMAGES.redis))
     assert set(manifests) == {("Deployment", "shop-broker"), ("Service", "shop-broker")}
@@ -304,6 +304,7 @@ def test_managed_redis_without_persistence() -> None:
     }
     pod = deployment["spec"]["template"]["spec"]
     assert pod["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert pod["terminationGracePeriodSeconds"] == 30
     assert pod["securityContext"] == {
         "runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
         "seccompProfile": {"type": "RuntimeDefault"},
@@ -313,6 +314,24 @@ def test_managed_redis_without_persistence() -> None:
     assert service["spec"]["ports"] == [{"name": "redis", "port": 6379, "targetPort": "redis", "protocol": "TCP"}]
     assert service["spec"]["selector"] == {"app.kubernetes.io/instance": "shop", "app.kubernetes.io/component": "broker"}
     assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+
+
+def test_the_default_managed_redis_keeps_an_append_only_file_on_a_1gi_claim() -> None:
+    spec = parse()
+    assert spec.broker.managed is not None
+    manifests = by_key(build_managed_broker(OWNER, spec.broker.managed, IMAGES.redis))
+    assert set(manifests) == {("Deployment", "shop-broker"), ("Service", "shop-broker"),
+                              ("PersistentVolumeClaim", "shop-broker")}
+    pvc = manifests[("PersistentVolumeClaim", "shop-broker")]
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    redis = container(manifests[("Deployment", "shop-broker")])
+    args = redis["args"]
+    assert args[args.index("--appendonly"):args.index("--appendonly") + 4] == [
+        "--appendonly", "yes", "--appendfsync", "everysec"]
+    assert args[args.index("--save") + 1] == "", "no RDB snapshots: the append-only file is the record"
+    pod = manifests[("Deployment", "shop-broker")]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "shop-broker"}}]
+    assert redis["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
 
 
 def test_managed_redis_with_persistence() -> None:
@@ -326,9 +345,9 @@ def test_managed_redis_with_persistence() -> None:
     deployment = manifests[("Deployment", "shop-broker")]
     redis = container(deployment)
     assert redis["image"] == "redis:7.2"
-    assert redis["args"][-6:] == ["--appendonly", "yes", "--maxmemory", str(256 * 1024 * 1024 * 80 // 100),
-                                  "--maxmemory-policy", "noeviction"]
-    assert "--save" not in redis["args"] and "--dir" not in redis["args"]
+    assert redis["args"][-10:] == ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                                   "--maxmemory", str(256 * 1024 * 1024 * 80 // 100), "--maxmemory-policy", "noeviction"]
+    assert "--dir" not in redis["args"]
     assert redis["resources"] == {"limits": {"memory": "256Mi"}}
     assert deployment["spec"]["template"]["spec"]["volumes"] == [
         {"name": "data", "persistentVolumeClaim": {"claimName": "shop-broker"}}]

@@ -8,6 +8,7 @@ import pytest
 from celery_operator.models import (
     ObjectIdentity,
     PeriodicJobSpec,
+    Persistence,
     SecretKeyRef,
     SpecError,
     TaskQueueSpec,
@@ -65,7 +66,7 @@ def test_minimal_spec_gets_every_default() -> None:
     assert spec.broker.kind == "managed"
     assert spec.broker.managed is not None
     assert spec.broker.managed.image is None, "no image named: the operator's default applies"
-    assert spec.broker.managed.persistence is None
+    assert spec.broker.managed.persistence == Persistence(size="1Gi", storage_class_name=""), "durable by default"
     assert spec.result_backend is None
     assert spec.autoscaling.poll_interval_seconds == 2
     assert spec.autoscaling.scale_down_stabilization_seconds == 60
@@ -166,6 +167,17 @@ def test_managed_broker_with_persistence() -> None:
     assert (managed.persistence.size, managed.persistence.storage_class_name) == ("2Gi", "fast")
 
 
+@pytest.mark.parametrize("persistence", [None, {}, {"enabled": True}])
+def test_a_managed_broker_is_durable_unless_told_otherwise(persistence: dict | None) -> None:
+    spec = parse_taskqueue_spec(spec_with(broker={"managed": {"persistence": persistence}}))
+    assert spec.broker.managed is not None and spec.broker.managed.persistence == Persistence("1Gi", "")
+
+
+def test_an_ephemeral_broker_is_an_explicit_choice() -> None:
+    spec = parse_taskqueue_spec(spec_with(broker={"managed": {"persistence": {"enabled": False, "size": "2Gi"}}}))
+    assert spec.broker.managed is not None and spec.broker.managed.persistence is None
+
+
 def test_empty_broker_is_managed() -> None:
     assert parse_taskqueue_spec(spec_with(broker={})).broker.kind == "managed"
 
@@ -229,7 +241,8 @@ def test_parsing_copies_passthrough_values() -> None:
         (spec_with(broker={"url": "amqp://user:secret@r:5672//"}), "spec.broker.url"),
         (spec_with(broker={"url": "http://r/"}), "spec.broker.url"),
         (spec_with(broker={"urlSecretRef": {"name": "s"}}), "spec.broker.urlSecretRef.key"),
-        (spec_with(broker={"managed": {"persistence": {}}}), "spec.broker.managed.persistence.size"),
+        (spec_with(broker={"managed": {"persistence": {"size": ""}}}), "spec.broker.managed.persistence.size"),
+        (spec_with(broker={"managed": {"persistence": {"enabled": "no"}}}), "spec.broker.managed.persistence.enabled"),
         (spec_with(resultBackend={}), "spec.resultBackend"),
         (spec_with(resultBackend={"url": "db+postgresql://u:p@db/x"}), "spec.resultBackend.url"),
         (spec_with(autoscaling={"pollIntervalSeconds": 0}), "spec.autoscaling.pollIntervalSeconds"),

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from celery_operator.podfailures import deployment_failure, pod_failure
+from celery_operator.podfailures import deployment_failure, pod_failure, unbound_claim
 
 pytestmark = pytest.mark.unit
 
@@ -103,3 +103,29 @@ def test_a_deployment_reports_its_own_pods_only_and_the_most_telling_reason() ->
 
 def test_a_deployment_without_a_selector_matches_no_pod() -> None:
     assert deployment_failure({"metadata": {"name": "d"}, "spec": {}}, [pod(waiting("ImagePullBackOff"))]) is None
+
+
+def claim_event(event_type: str, reason: str, message: str, uid: str = "c1",
+                at: str = "2026-12-07T10:00:00Z") -> dict[str, Any]:
+    return {"type": event_type, "reason": reason, "message": message, "lastTimestamp": at,
+            "involvedObject": {"kind": "PersistentVolumeClaim", "name": "shop-broker", "uid": uid}}
+
+
+CLAIM = {"metadata": {"name": "shop-broker", "uid": "c1"}, "status": {"phase": "Pending"}}
+
+
+def test_a_pending_claim_is_failing_only_once_the_binder_or_provisioner_warns() -> None:
+    waiting = claim_event("Normal", "WaitForFirstConsumer", "waiting for first consumer to be created before binding")
+    assert unbound_claim(CLAIM, [waiting]) is None
+    no_class = claim_event("Warning", "ProvisioningFailed", 'storageclass.storage.k8s.io "fast" not found',
+                           at="2026-12-07T10:00:05Z")
+    older = claim_event("Warning", "FailedBinding", "no persistent volumes available", at="2026-12-07T10:00:01Z")
+    assert unbound_claim(CLAIM, [waiting, no_class, older]) == (
+        'PersistentVolumeClaim shop-broker cannot bind (ProvisioningFailed: storageclass.storage.k8s.io "fast" '
+        'not found)'), "the newest warning"
+
+
+def test_a_bound_claim_or_an_earlier_claims_warning_is_no_failure() -> None:
+    warning = claim_event("Warning", "ProvisioningFailed", "boom")
+    assert unbound_claim({**CLAIM, "status": {"phase": "Bound"}}, [warning]) is None
+    assert unbound_claim(CLAIM, [claim_event("Warning", "ProvisioningFailed", "boom", uid="old")]) is None

@@ -121,10 +121,12 @@ this chart (tests/e2e/test_chart_rbac.py) and from operator/celery_operator/kube
 - apiGroups: [""]
   resources: ["pods/status"]
   verbs: ["patch"]
-# Events on TaskQueues and PeriodicJobs, on state changes (kopf's own event posting is off).
+# Events on TaskQueues and PeriodicJobs, on state changes (kopf's own event posting is off); the
+# reconciler lists the Events about the broker's volume claim while it is Pending, to name why it
+# cannot bind (the binder's or the provisioner's message).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf makes in both modes. */}}

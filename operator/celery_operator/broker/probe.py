@@ -45,21 +45,39 @@ class RedisMemory:
 
 
 @dataclass(frozen=True)
+class RedisInstance:
+    """Which run of redis-server answered: its run_id changes with every start of the server."""
+
+    run_id: str
+    uptime_seconds: int
+    append_only: bool  # it keeps an append-only file: what it held before a restart, it holds after
+
+    @classmethod
+    def of_info(cls, info: dict[str, Any]) -> RedisInstance | None:
+        run_id = info.get("run_id")
+        if not run_id:
+            return None
+        return cls(run_id=str(run_id), uptime_seconds=int(info.get("uptime_in_seconds", 0)),
+                   append_only=bool(int(info.get("aof_enabled", 0))))
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     problem: str | None  # None when the broker answers, else why not (no password in it)
     memory: RedisMemory | None = None  # Redis only, when INFO answered (an ACL may forbid it)
+    instance: RedisInstance | None = None  # likewise
 
 
 def probe(url: str, timeout: float) -> ProbeResult:
-    """One short connection per check: Redis answers PING (then INFO memory), an AMQP broker
-    completes its handshake."""
-    memory = None
+    """One short connection per check: Redis answers PING (then INFO: its memory, which run of the
+    server it is), an AMQP broker completes its handshake."""
+    memory = instance = None
     try:
         if is_redis_url(url):
             client = redis_client(url, timeout, max_connections=1)
             try:
                 client.ping()
-                memory = _memory(client)
+                memory, instance = _info(client)
             finally:
                 client.close()
         else:
@@ -67,11 +85,12 @@ def probe(url: str, timeout: float) -> ProbeResult:
                 pass
     except Exception as error:  # noqa: BLE001 - every failure means the same to the caller: not reachable now
         return ProbeResult(scrub(f"broker not reachable: {type(error).__name__}: {error}", url))
-    return ProbeResult(None, memory)
+    return ProbeResult(None, memory, instance)
 
 
-def _memory(client: Any) -> RedisMemory | None:
+def _info(client: Any) -> tuple[RedisMemory | None, RedisInstance | None]:
     try:
-        return RedisMemory.of_info(client.info("memory"))
-    except Exception:  # noqa: BLE001 - the broker answered PING: reachable, its memory just unknown
-        return None
+        info = client.info()  # the default sections: server, memory and persistence among them
+    except Exception:  # noqa: BLE001 - the broker answered PING: reachable, the rest just unknown
+        return None, None
+    return RedisMemory.of_info(info), RedisInstance.of_info(info)

@@ -78,6 +78,15 @@ class BrokerRegistry:
         """Whether the broker answers (else why not), and a Redis broker's memory."""
         return probe(url, self._timeout)
 
+    def count_messages(self, url: str, queues: Sequence[str]) -> int:
+        """Messages `queues` hold in the broker, waiting or reserved, read once over a connection of
+        its own. Raises BrokerUnavailable."""
+        reader = depth_reader_for(url, timeout=self._timeout)
+        try:
+            return sum(depth.pending + depth.reserved for depth in reader.read(queues).values())
+        finally:
+            reader.close()
+
     def session(self, user: str, url: str) -> BrokerSession:
         with self._lock:
             previous = self._url_of_user.get(user)

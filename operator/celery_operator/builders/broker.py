@@ -1,4 +1,7 @@
-"""The managed Redis broker: Deployment, Service and (with persistence) a PVC, all `<tq>-broker`.
+"""The managed Redis broker: Deployment, Service and (unless persistence is turned off) a PVC, all `<tq>-broker`.
+
+Durable by default: Redis keeps an append-only file on the claim, so a new broker pod (an edit, a
+drained node, an operator upgrade) or a restarted container replays every message the old one held.
 
 Redis binds the pod IP rather than 0.0.0.0: on the local test cluster every pod shares the host
 network with a loopback address of its own, so two brokers must not both claim 0.0.0.0:6379.
@@ -33,6 +36,9 @@ from .common import (
     secret_env_var,
 )
 
+# On SIGTERM redis-server fsyncs its append-only file and exits, in well under a second; the rest is
+# margin for a node under I/O pressure. Killed earlier, it would lose up to the last second of writes.
+REDIS_SHUTDOWN_GRACE_SECONDS: Final = 30
 REDIS_USER_ID: Final = 999  # the `redis` user of the official image
 REDIS_PASSWORD_ENV: Final = "REDIS_PASSWORD"
 DATA_VOLUME: Final = "data"
@@ -65,10 +71,10 @@ def redis_args(persistent: bool, max_memory_bytes: int | None = None) -> list[st
         # announce list writes, so the scaler wakes the moment a queue at zero gets a message
         "--notify-keyspace-events", "Kl",
     ]
-    if persistent:
-        args += ["--appendonly", "yes"]
-    else:
-        args += ["--save", "", "--appendonly", "no"]
+    # No RDB snapshots (each one forks): a persistent Redis keeps its append-only file, fsynced every
+    # second, and replays it at start; an ephemeral one keeps nothing.
+    args += ["--save", ""]
+    args += ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
     if max_memory_bytes is not None:
         args += ["--maxmemory", str(max_memory_bytes), "--maxmemory-policy", "noeviction"]
     return args
@@ -119,6 +125,7 @@ def build_redis_deployment(
         "spec": {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": REDIS_SHUTDOWN_GRACE_SECONDS,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": REDIS_USER_ID,
@@ -151,7 +158,7 @@ def build_broker_service(owner: ObjectIdentity) -> Manifest:
 
 
 def build_broker_pvc(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest | None:
-    """The data volume when persistence is set, else None (the broker uses an emptyDir)."""
+    """The data volume, or None when persistence is turned off (the broker uses an emptyDir)."""
     if managed.persistence is None:
         return None
     spec: dict[str, Any] = {
@@ -169,7 +176,7 @@ def build_broker_pvc(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest 
 
 
 def build_managed_broker(owner: ObjectIdentity, managed: ManagedBroker, default_image: str) -> list[Manifest]:
-    """Deployment, Service and, with persistence, the PVC of the managed Redis."""
+    """Deployment, Service and, unless persistence is turned off, the PVC of the managed Redis."""
     manifests = [build_broker_deployment(owner, managed, default_image), build_broker_service(owner)]
     pvc = build_broker_pvc(owner, managed)
     if pvc is not None:

@@ -252,7 +252,11 @@ def test_status_schema() -> None:
     status = at(schema("TaskQueue"), "status")
     assert set(status["properties"]) == {
         "observedGeneration", "conditions", "brokerSecretName", "pending", "workers", "queueCount", "queues",
+        "broker",
     }
+    broker = status["properties"]["broker"]["properties"]
+    assert set(broker) == {"runId", "lastRestart"}
+    assert set(broker["lastRestart"]["properties"]) == {"time", "cause", "messages", "appendOnly"}
     queue = status["properties"]["queues"]["items"]["properties"]
     assert set(queue) == {"name", "pending", "inFlight", "replicas", "readyReplicas", "desiredReplicas",
                           "lastScaleTime", "restarts", "lastRestart"}

@@ -37,6 +37,9 @@ WORKER_CONTAINER: Final = "worker"  # the container of a worker pod that runs Ce
 # On every child: the hash of the manifest last applied to it (drift.py), so that an edit which only
 # removes something is seen as a change.
 ANNOTATION_APPLIED_HASH: Final = f"{GROUP}/applied-hash"
+# On a TaskQueue: `paused` stops every write of the operator to it and its children (pause.py).
+ANNOTATION_RECONCILE: Final = f"{GROUP}/reconcile"
+RECONCILE_PAUSED: Final = "paused"
 
 APP_NAME: Final = "celery"
 MANAGED_BY: Final = "celery-operator"

@@ -57,6 +57,15 @@ class BeatReady:
     POD_FAILING: Final = "BeatPodFailing"
 
 
+class Paused:
+    """Only while the annotation celery-operator.dev/reconcile is on the TaskQueue."""
+
+    TYPE: Final = "Paused"
+    PAUSED: Final = "ReconcilePaused"  # True: the operator writes nothing to the TaskQueue's children
+    INVALID_ANNOTATION: Final = "InvalidAnnotation"  # False: a value other than `paused`; nothing paused
+    RESUMED: Final = "ReconcileResumed"  # the Event when the annotation goes
+
+
 class Autoscaling:
     """The scaler's, only while the TaskQueue has autoscaled queues."""
 

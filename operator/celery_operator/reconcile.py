@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import builders, drift, metrics, naming
+from . import builders, drift, metrics, naming, pause
 from .beat import state as beat_state
 from .beat.jobs import DesiredJob, desired_jobs, plan_sync
 from .beat.state import BeatState, StateLocation
@@ -30,21 +30,27 @@ from .conditions import Condition
 from .kube import KubeError, unless_namespace_terminating
 from .models import ObjectIdentity, SpecError, TaskQueueSpec, validate_taskqueue_name
 from .podfailures import PodFailure, deployment_failure, unbound_claim
-from .reasons import PROGRESS, BeatReady, BrokerAcceptingWrites, BrokerReady, EventReason, Ready, WorkersReady
+from .reasons import PROGRESS, BeatReady, BrokerAcceptingWrites, BrokerReady, EventReason, Paused, Ready, WorkersReady
 from .runtime import Runtime
 from .settings import Settings
-from .status import HeadlineEvents, StatusPart, publish
+from .status import Event, HeadlineEvents, StatusPart, publish
 
 logger = logging.getLogger(__name__)
 
 PASSWORD_BYTES: Final = 24
 STATUS: Final = StatusPart(
     conditions=frozenset({Ready.TYPE, BrokerReady.TYPE, BrokerAcceptingWrites.TYPE, WorkersReady.TYPE,
-                          BeatReady.TYPE}),
+                          BeatReady.TYPE, Paused.TYPE}),
     fields=frozenset({"observedGeneration", "brokerSecretName", "queueCount", "workers", "broker"}),
     queue_fields=("name", "replicas", "readyReplicas"),
 )
-EVENTS: Final = HeadlineEvents(Ready.TYPE, progress=PROGRESS)
+HEADLINE: Final = HeadlineEvents(Ready.TYPE, progress=PROGRESS)
+
+
+def reconciler_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> Event | None:
+    """The Event of a status change: a pause or resume first (it explains what follows), else the
+    Ready headline."""
+    return pause.pause_event(old, new) or HEADLINE(old, new)
 
 
 class Blocked(Exception):
@@ -447,8 +453,24 @@ def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: V
     drop = [BeatReady.TYPE] if verdict.blocked is None and verdict.beat is None else []
     if verdict.blocked is None and verdict.writes is None and not verdict.keep_writes:
         drop.append(BrokerAcceptingWrites.TYPE)
+    paused = pause.paused_condition(body)  # here only ever False: an annotation the operator does not understand
+    if paused is None:
+        drop.append(Paused.TYPE)
+    else:
+        updates.append(paused)
     return STATUS.compose(previous, [*updates, ready_condition(verdict)], generation=identity.generation, now=now,
                           drop=drop, fields=fields, queues=queues)
+
+
+def compose_paused_status(body: Mapping[str, Any], identity: ObjectIdentity, previous: Mapping[str, Any],
+                          now: datetime.datetime) -> dict[str, Any]:
+    """A paused TaskQueue's status: as the reconciler last left it (observedGeneration too: a spec
+    changed meanwhile is not acted on), with the Paused condition."""
+    paused = pause.paused_condition(body)
+    assert paused is not None
+    return STATUS.compose(previous, [paused], generation=identity.generation, now=now,
+                          fields={key: previous.get(key) for key in STATUS.fields},
+                          queues=STATUS.owned_queues(previous) or None)
 
 
 # --- the beat -------------------------------------------------------------------------------------
@@ -630,9 +652,13 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
         jobs = [job for job in referring if not runtime.deleted(job.get("metadata", {}).get("uid", ""))]
         seen = runtime.status_writes.live(identity.uid, runtime.settings.field_manager, STATUS,
                                           body.get("status") or {})
+        if pause.is_paused(body):
+            publish(runtime.kube, body, STATUS, compose_paused_status(body, identity, seen, moment),
+                    runtime.settings.field_manager, reconciler_events, runtime.status_writes)
+            return
         verdict = converge(runtime, body, Children(observed), jobs, moment.timestamp(), seen.get("broker"))
         record_beat_up(identity, verdict)
         wrote = publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),
-                        runtime.settings.field_manager, EVENTS, runtime.status_writes)
+                        runtime.settings.field_manager, reconciler_events, runtime.status_writes)
         if wrote and verdict.restart is not None:  # once: a pass on a stale body finds nothing to write
             report_broker_restart(runtime, body, verdict.restart)

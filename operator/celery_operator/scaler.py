@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import metrics, naming, scaling_policy, workerhealth
+from . import metrics, naming, pause, scaling_policy, workerhealth
 from .broker.depth import QueueDepth
 from .broker.heartbeats import WorkerState
 from .broker.urls import BrokerUnavailable
@@ -422,6 +422,8 @@ def tick(runtime: Runtime, body: Mapping[str, Any], observed: Sequence[Manifest]
     heartbeats cannot be read yet): the caller then comes back soon rather than after
     pollIntervalSeconds."""
     identity = ObjectIdentity.from_body(body)
+    if pause.is_paused(body):
+        return True  # no scaling, no worker health, no status until the annotation goes (pause.py)
     try:
         spec = TaskQueueSpec.parse(body.get("spec"))
     except SpecError:

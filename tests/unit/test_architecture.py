@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "celery_operator"
 DOC = ROOT / "docs" / "architecture.md"
 GROUPS = {
-    "pure modules": {"status", "conditions", "reasons", "drift", "children", "podfailures", "brokerrestarts", "workerhealth", "scaling_policy",
+    "pure modules": {"status", "conditions", "reasons", "drift", "children", "podfailures", "brokerrestarts", "pause", "workerhealth", "scaling_policy",
                      "builders", "beat.jobs", "beat.schedule", "models", "naming", "settings"},
     "controllers": {"reconcile", "scaler", "periodicjobs"},
 }

@@ -106,7 +106,8 @@ def test_every_validation_rule_has_a_message_naming_a_field(kind: str) -> None:
 
 def test_taskqueue_printer_columns() -> None:
     columns = {c["name"]: c for c in version("TaskQueue")["additionalPrinterColumns"]}
-    assert list(columns) == ["Ready", "Queues", "Pending", "Workers", "Age"]
+    assert list(columns) == ["Ready", "Queues", "Pending", "Workers", "Paused", "Age"]
+    assert columns["Paused"]["jsonPath"] == '.status.conditions[?(@.type=="Paused")].status'
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Queues"]["jsonPath"] == ".status.queueCount"
     assert columns["Pending"]["jsonPath"] == ".status.pending"

@@ -440,6 +440,18 @@ def _node_handles(cluster: Cluster, state: ClusterState) -> list[nodes.Node]:
             for index in range(1, state.nodes + 1)]
 
 
+def tag_image(cluster: Cluster, source: str, target: str) -> None:
+    """Give an image every node holds a second reference (an image "released" under a new name,
+    for a test that changes an image setting without building another image)."""
+    state = cluster.state()
+    if state is None:
+        raise ClusterError(f"no cluster in {cluster.dir}")
+    for node in _node_handles(cluster, state):
+        result = nodes.ctr(node, "images", "tag", "--force", source, target)
+        if result.returncode != 0:
+            raise ClusterError(f"{node.name}: tagging {source} as {target}: {result.stderr.strip()}")
+
+
 def _expected_components(state: ClusterState) -> list[str]:
     names = list(COMPONENTS)
     for index in range(1, state.nodes + 1):

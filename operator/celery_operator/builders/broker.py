@@ -2,6 +2,9 @@
 
 Durable by default: Redis keeps an append-only file on the claim, so a new broker pod (an edit, a
 drained node, an operator upgrade) or a restarted container replays every message the old one held.
+On SIGTERM redis-server fsyncs that file and exits within milliseconds: Kubernetes' default grace
+period of 30 s covers it with room to spare, so the pod leaves it as it is (and an ephemeral broker's
+manifest stays what it was before persistence became the default: an upgrade does not roll it).
 
 Redis binds the pod IP rather than 0.0.0.0: on the local test cluster every pod shares the host
 network with a loopback address of its own, so two brokers must not both claim 0.0.0.0:6379.
@@ -36,9 +39,6 @@ from .common import (
     secret_env_var,
 )
 
-# On SIGTERM redis-server fsyncs its append-only file and exits, in well under a second; the rest is
-# margin for a node under I/O pressure. Killed earlier, it would lose up to the last second of writes.
-REDIS_SHUTDOWN_GRACE_SECONDS: Final = 30
 REDIS_USER_ID: Final = 999  # the `redis` user of the official image
 REDIS_PASSWORD_ENV: Final = "REDIS_PASSWORD"
 DATA_VOLUME: Final = "data"
@@ -63,7 +63,9 @@ def broker_max_memory_bytes(managed: ManagedBroker) -> int | None:
     return int(parse_quantity(limit) * MAX_MEMORY_PERCENT / 100)
 
 
-def redis_args(persistent: bool, max_memory_bytes: int | None = None) -> list[str]:
+def redis_args(persistent: bool, max_memory_bytes: int | None = None, on_claim: bool = False) -> list[str]:
+    """`persistent`: an append-only file. `on_claim`: on a volume claim, where that file is the record:
+    fsynced every second and no RDB snapshots beside it (each one forks)."""
     args = [
         "--port", str(naming.REDIS_PORT),
         "--bind", f"$({POD_IP_ENV})",
@@ -71,10 +73,12 @@ def redis_args(persistent: bool, max_memory_bytes: int | None = None) -> list[st
         # announce list writes, so the scaler wakes the moment a queue at zero gets a message
         "--notify-keyspace-events", "Kl",
     ]
-    # No RDB snapshots (each one forks): a persistent Redis keeps its append-only file, fsynced every
-    # second, and replays it at start; an ephemeral one keeps nothing.
-    args += ["--save", ""]
-    args += ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
+    if persistent and on_claim:
+        args += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+    elif persistent:
+        args += ["--appendonly", "yes"]
+    else:
+        args += ["--save", "", "--appendonly", "no"]
     if max_memory_bytes is not None:
         args += ["--maxmemory", str(max_memory_bytes), "--maxmemory-policy", "noeviction"]
     return args
@@ -102,7 +106,7 @@ def build_redis_deployment(
         "name": "redis",
         "image": image,
         "command": ["redis-server"],
-        "args": redis_args(append_only, max_memory_bytes),
+        "args": redis_args(append_only, max_memory_bytes, on_claim=claim_name is not None),
         "env": [
             pod_ip_env_var(),
             secret_env_var(REDIS_PASSWORD_ENV, name, naming.BROKER_SECRET_PASSWORD_KEY),
@@ -125,7 +129,6 @@ def build_redis_deployment(
         "spec": {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": REDIS_SHUTDOWN_GRACE_SECONDS,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": REDIS_USER_ID,

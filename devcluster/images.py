@@ -153,6 +153,11 @@ def _requirements_file(path: Path) -> tuple[str, ...]:
     return tuple(line for line in lines if line)
 
 
+def operator_version() -> str:
+    """The operator's version (pyproject.toml): the tag of its image."""
+    return tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
 def recipes() -> dict[str, Recipe]:
     local_wheels = (("WHEELS", "local"),)
     found: list[Recipe] = [
@@ -160,7 +165,7 @@ def recipes() -> dict[str, Recipe]:
                packages=("python3", "python3-venv", "ca-certificates", "tzdata", "netbase")),
         Rootfs("redis-base", "devcluster.local/redis-base:bookworm", packages=("redis-server",)),
         Dockerfile("redis", "devcluster.local/redis:7", RECIPES_DIR / "redis" / "Dockerfile", base="redis-base"),
-        Dockerfile("operator", "ghcr.io/celery-operator/celery-operator:0.1.0", PROJECT_ROOT / "operator" / "Dockerfile",
+        Dockerfile("operator", f"ghcr.io/celery-operator/celery-operator:{operator_version()}", PROJECT_ROOT / "operator" / "Dockerfile",
                    context=Context(PROJECT_ROOT, ("pyproject.toml", "README.md", "operator/celery_operator")),
                    base="debian-base", wheels=Wheels("operator", _operator_requirements()),
                    build_args=local_wheels),

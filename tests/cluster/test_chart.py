@@ -32,6 +32,7 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "celery-operator"
 CRDS = ROOT / "crds"
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 EVERYTHING = Path(__file__).with_name("values-everything.yaml")
 KUBE_VERSION = "1.35.4"
 RELEASE, RELEASE_NAMESPACE = "op", "celery-system"
@@ -126,7 +127,7 @@ def test_rendered_crds_are_the_source_plus_labels_and_keep_policy() -> None:
         assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
         labels = crd["metadata"].pop("labels")
         assert source["metadata"].get("labels", {}).items() <= labels.items()
-        assert labels["app.kubernetes.io/managed-by"] == "Helm" and labels["helm.sh/chart"] == "celery-operator-0.1.0"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm" and labels["helm.sh/chart"] == f"celery-operator-{CHART_VERSION}"
         crd["metadata"].pop("annotations")
         source["metadata"].pop("labels", None)
         assert crd == source, f"the chart renders {path.name} differently from the file"
@@ -315,7 +316,7 @@ def test_defaults_render_a_cluster_wide_operator() -> None:
     assert isinstance(pod["securityContext"]["runAsUser"], int) and pod["securityContext"]["runAsUser"] > 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     operator = container(objects)
-    assert operator["image"] == "ghcr.io/celery-operator/celery-operator:0.1.0"
+    assert operator["image"] == f"ghcr.io/celery-operator/celery-operator:{CHART_VERSION}"
     assert operator["command"] == ["python", "-m", "celery_operator"]
     assert operator["args"] == ["--all-namespaces", "--liveness=http://$(POD_IP):8080/healthz"]
     assert env_of(objects)["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}

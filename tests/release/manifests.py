@@ -2,7 +2,7 @@
 compares. The reconciler itself builds them (one pass against the fakes of its ports), so the
 figures are the ones a cluster would get.
 
-    python tests/release/manifests.py > tests/release/previous.json     # at a release's commit
+    python tests/release/manifests.py <commit> > tests/release/previous.json     # a release's tree
 
 run with PYTHONPATH=<tree>:<tree>/operator for the tree to read (the previous release's, checked
 out with `git worktree add`); `tests/unit/test_release.py` compares the current tree's with the
@@ -75,5 +75,7 @@ def every_manifest() -> dict[str, dict[str, Any]]:
 if __name__ == "__main__":
     from celery_operator import __version__
 
-    json.dump({"version": __version__, "taskqueues": every_manifest()}, sys.stdout, indent=1, sort_keys=True)
+    commit = sys.argv[1] if len(sys.argv) > 1 else ""
+    json.dump({"version": __version__, "commit": commit, "taskqueues": every_manifest()}, sys.stdout, indent=1,
+              sort_keys=True)
     sys.stdout.write("\n")

@@ -440,6 +440,16 @@ def _node_handles(cluster: Cluster, state: ClusterState) -> list[nodes.Node]:
             for index in range(1, state.nodes + 1)]
 
 
+def load_images(cluster: Cluster, archives: list[images.Image]) -> None:
+    """Import more images into every node of a running cluster (one it did not start with, such as
+    a previous release's operator)."""
+    state = cluster.state()
+    if state is None:
+        raise ClusterError(f"no cluster in {cluster.dir}")
+    for node in _node_handles(cluster, state):
+        nodes.load_images(node, archives)
+
+
 def tag_image(cluster: Cluster, source: str, target: str) -> None:
     """Give an image every node holds a second reference (an image "released" under a new name,
     for a test that changes an image setting without building another image)."""

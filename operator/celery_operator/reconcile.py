@@ -33,7 +33,7 @@ from .podfailures import PodFailure, deployment_failure, unbound_claim
 from .reasons import PROGRESS, BeatReady, BrokerAcceptingWrites, BrokerReady, EventReason, Paused, Ready, WorkersReady
 from .runtime import Runtime
 from .settings import Settings
-from .status import Event, HeadlineEvents, StatusPart, publish
+from .status import HeadlineEvents, StatusPart, publish
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,7 @@ STATUS: Final = StatusPart(
     fields=frozenset({"observedGeneration", "brokerSecretName", "queueCount", "workers", "broker"}),
     queue_fields=("name", "replicas", "readyReplicas"),
 )
-HEADLINE: Final = HeadlineEvents(Ready.TYPE, progress=PROGRESS)
-
-
-def reconciler_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> Event | None:
-    """The Event of a status change: a pause or resume first (it explains what follows), else the
-    Ready headline."""
-    return pause.pause_event(old, new) or HEADLINE(old, new)
+EVENTS: Final = HeadlineEvents(Ready.TYPE, progress=PROGRESS)
 
 
 class Blocked(Exception):
@@ -652,13 +646,16 @@ def reconcile_taskqueue(runtime: Runtime, body: Mapping[str, Any], observed: Ite
         jobs = [job for job in referring if not runtime.deleted(job.get("metadata", {}).get("uid", ""))]
         seen = runtime.status_writes.live(identity.uid, runtime.settings.field_manager, STATUS,
                                           body.get("status") or {})
+        restart = None
         if pause.is_paused(body):
-            publish(runtime.kube, body, STATUS, compose_paused_status(body, identity, seen, moment),
-                    runtime.settings.field_manager, reconciler_events, runtime.status_writes)
-            return
-        verdict = converge(runtime, body, Children(observed), jobs, moment.timestamp(), seen.get("broker"))
-        record_beat_up(identity, verdict)
-        wrote = publish(runtime.kube, body, STATUS, compose_status(body, identity, verdict, moment),
-                        runtime.settings.field_manager, reconciler_events, runtime.status_writes)
-        if wrote and verdict.restart is not None:  # once: a pass on a stale body finds nothing to write
-            report_broker_restart(runtime, body, verdict.restart)
+            status = compose_paused_status(body, identity, seen, moment)
+        else:
+            verdict = converge(runtime, body, Children(observed), jobs, moment.timestamp(), seen.get("broker"))
+            record_beat_up(identity, verdict)
+            status, restart = compose_status(body, identity, verdict, moment), verdict.restart
+        # the Events of what this write records, once each: a pass on a stale body finds nothing to write
+        if publish(runtime.kube, body, STATUS, status, runtime.settings.field_manager, EVENTS, runtime.status_writes):
+            if (paused := pause.pause_event(seen, status)) is not None:
+                runtime.kube.post_event(body, paused.type, paused.reason, paused.message)
+            if restart is not None:
+                report_broker_restart(runtime, body, restart)

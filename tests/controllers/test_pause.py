@@ -110,3 +110,13 @@ def test_an_annotation_value_the_operator_does_not_know_pauses_nothing_and_says_
     assert (paused["status"], paused["reason"]) == ("False", "InvalidAnnotation")
     assert "'disabled'" in paused["message"] and "'paused'" in paused["message"]
     assert ("Warning", "InvalidAnnotation") in shop.reasons()
+
+
+def test_a_resume_onto_a_bad_spec_tells_both_the_resume_and_the_error() -> None:
+    shop = Shop()
+    shop.annotate("paused")
+    shop.reconcile()
+    shop.kube.edit_spec("TaskQueue", "shop", {**SPEC, "workers": {"concurrency": 0}})
+    shop.annotate(None)
+    shop.reconcile()
+    assert shop.reasons()[-2:] == [("Warning", "InvalidSpec"), ("Normal", "ReconcileResumed")]

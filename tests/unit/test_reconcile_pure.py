@@ -87,7 +87,7 @@ def test_a_blocked_pass_restates_what_it_owned() -> None:
 
 
 def _event(old: dict, new: dict) -> tuple[str, str, str] | None:
-    event = reconcile.reconciler_events(old, new)
+    event = reconcile.EVENTS(old, new)
     return None if event is None else (event.type, event.reason, event.message)
 
 

@@ -174,6 +174,7 @@ class QueueSpec:
 
 
 DEFAULT_BROKER_VOLUME_SIZE: Final = "1Gi"
+CLAIM_ACCESS_MODES: Final = ("ReadWriteOncePod", "ReadWriteOnce")
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class Persistence:
     """The managed broker's volume claim; Redis keeps an append-only file on it."""
     size: str = DEFAULT_BROKER_VOLUME_SIZE
     storage_class_name: str = ""  # "" = the cluster's default StorageClass
+    access_mode: str = "ReadWriteOncePod"  # or ReadWriteOnce, for storage without the former
 
 
 @dataclass(frozen=True)
@@ -566,7 +568,11 @@ def _parse_persistence(value: Any) -> Persistence | None:
         size = str(size)  # a quantity may be written as a bare number of bytes
     if not isinstance(size, str) or not size:
         raise SpecError(f"{where}.size", "must be a quantity such as 1Gi")
-    return Persistence(size=size, storage_class_name=_optional_string(raw, "storageClassName", where) or "")
+    access_mode = _optional_string(raw, "accessMode", where) or "ReadWriteOncePod"
+    if access_mode not in CLAIM_ACCESS_MODES:
+        raise SpecError(f"{where}.accessMode", f"must be one of {', '.join(CLAIM_ACCESS_MODES)}")
+    return Persistence(size=size, storage_class_name=_optional_string(raw, "storageClassName", where) or "",
+                       access_mode=access_mode)
 
 
 def _parse_broker(values: Mapping[str, Any]) -> BrokerSpec:

@@ -583,7 +583,8 @@ def converge(runtime: Runtime, body: Mapping[str, Any], observed: Children,
         desired = builders.desired_children(identity, spec, images=images, broker_password=access.password,
                                             external_broker_url=access.external_url, beat=beat.options,
                                             flower_password=flower_password(runtime, identity, spec, observed),
-                                            operator_source=operator_source(settings))
+                                            operator_source=operator_source(settings),
+                                            broker_claim=observed.claim(naming.broker_name(identity.name)))
         live = resolve_live_children(runtime, identity, desired, observed)
         children = apply_children(runtime, identity, spec, desired, live)
         for name in delete_unwanted(runtime, identity, desired, observed):

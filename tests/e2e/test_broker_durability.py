@@ -2,10 +2,12 @@
 
 A devcluster of its own with one node and an operator of the module's own (one test restarts it
 with another default Redis image). 100 Celery messages wait in a default managed broker (the
-example's `managed: {}`) on a queue no worker reads; then, one after the other: an edit of the
-broker's resources, a deleted broker pod, redis-server SIGKILLed inside its container, and an
-operator-wide change of the default Redis image. After each, every task id is still in the broker,
-once, and the TaskQueue's Event BrokerRestarted names the cause and counts the 100. An explicitly
+example's `managed: {}`) on a queue no worker reads, and a producer pushes to another list every
+20 ms throughout; then, one after the other: an edit of the broker's resources, a deleted broker
+pod, redis-server SIGKILLed inside its container, and an operator-wide change of the default Redis
+image. After each, every task id is still in the broker, once, so is every push the broker
+acknowledged (a replacement pod must not start on the claim before the old Redis has exited), and
+the TaskQueue's Event BrokerRestarted names the cause and counts the 100. An explicitly
 ephemeral broker says in its Event that the queue started empty; a claim that cannot bind is named
 in BrokerReady.
 """
@@ -28,6 +30,7 @@ from devcluster import cluster, images
 from tests.helpers import containers
 from tests.helpers.devcluster import DevCluster, own_cluster
 from tests.helpers.operator import OperatorProcess, apply_crds, start_operator
+from tests.helpers.pushers import Pusher, missing
 from tests.helpers.taskqueues import TaskQueues, taskqueue
 from tests.helpers.waiting import ConditionNotMet, wait_for
 
@@ -128,7 +131,9 @@ def test_a_default_managed_broker_keeps_every_message_through_four_kinds_of_rest
         url = broker_url(tqs, "shop")
         sent = send(url, 100)
         assert sorted(queued_ids(url)) == sorted(sent)
+        assert claim.spec.access_modes == ["ReadWriteOncePod"]
         wait_for(lambda: broker_status(tqs, "shop").get("runId"), 30, "the broker's first run recorded")
+        pusher = Pusher(url, "pushes")
 
         def restart(how: str, expected_cause: str, act: Any) -> None:
             nonlocal operator
@@ -136,7 +141,10 @@ def test_a_default_managed_broker_keeps_every_message_through_four_kinds_of_rest
             operator = act() or operator
             event = await_restart(tqs, "shop", run, told, operator)
             queued = queued_ids(url)
-            print(f"\n{how}: {event.message}")
+            acknowledged, held = pusher.held(url)
+            lost_pushes = missing(acknowledged, held)
+            print(f"\n{how}: {event.message}; {len(acknowledged)} pushes acknowledged, {len(lost_pushes)} lost")
+            assert not lost_pushes, f"{how}: acknowledged pushes lost: {lost_pushes}"
             assert (len(queued), set(queued)) == (len(sent), set(sent)), (
                 f"{how}: {len(set(sent) - set(queued))} lost, {len(queued) - len(set(queued))} duplicated")
             assert event.type == "Normal" and expected_cause in event.message, event.message
@@ -169,6 +177,7 @@ def test_a_default_managed_broker_keeps_every_message_through_four_kinds_of_rest
         restart("a new operator-wide default Redis image", "the broker runs in a new pod", new_default_image)
         assert broker_pod(tqs, "shop").spec.containers[0].image.endswith(":day2-next")
         tqs.wait_condition("shop", "Ready", "True", timeout=60)
+        pusher.stop()
     finally:
         operator.stop()
 

@@ -323,7 +323,7 @@ def test_the_default_managed_redis_keeps_an_append_only_file_on_a_1gi_claim() ->
     assert set(manifests) == {("Deployment", "shop-broker"), ("Service", "shop-broker"),
                               ("PersistentVolumeClaim", "shop-broker")}
     pvc = manifests[("PersistentVolumeClaim", "shop-broker")]
-    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "1Gi"}}}
     redis = container(manifests[("Deployment", "shop-broker")])
     args = redis["args"]
     assert args[args.index("--appendonly"):args.index("--appendonly") + 4] == [
@@ -340,7 +340,7 @@ def test_managed_redis_with_persistence() -> None:
     assert spec.broker.managed is not None
     manifests = by_key(build_managed_broker(OWNER, spec.broker.managed, IMAGES.redis))
     pvc = manifests[("PersistentVolumeClaim", "shop-broker")]
-    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "5Gi"}},
                            "storageClassName": "fast"}
     deployment = manifests[("Deployment", "shop-broker")]
     redis = container(deployment)
@@ -351,6 +351,21 @@ def test_managed_redis_with_persistence() -> None:
     assert redis["resources"] == {"limits": {"memory": "256Mi"}}
     assert deployment["spec"]["template"]["spec"]["volumes"] == [
         {"name": "data", "persistentVolumeClaim": {"claimName": "shop-broker"}}]
+
+
+def test_a_claim_for_storage_without_read_write_once_pod() -> None:
+    spec = parse(broker={"managed": {"persistence": {"accessMode": "ReadWriteOnce"}}})
+    assert spec.broker.managed is not None
+    pvc = build_broker_pvc(OWNER, spec.broker.managed)
+    assert pvc is not None and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_a_claim_that_exists_keeps_its_access_modes_which_cannot_change() -> None:
+    spec = parse()
+    assert spec.broker.managed is not None
+    made_before = {"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    pvc = build_broker_pvc(OWNER, spec.broker.managed, existing=made_before)
+    assert pvc is not None and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
 def test_pvc_without_storage_class_leaves_it_to_the_cluster() -> None:

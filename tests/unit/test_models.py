@@ -173,6 +173,15 @@ def test_a_managed_broker_is_durable_unless_told_otherwise(persistence: dict | N
     assert spec.broker.managed is not None and spec.broker.managed.persistence == Persistence("1Gi", "")
 
 
+def test_a_claim_is_read_write_once_pod_unless_the_storage_needs_read_write_once() -> None:
+    spec = parse_taskqueue_spec(spec_with(broker={"managed": {"persistence": {"accessMode": "ReadWriteOnce"}}}))
+    assert spec.broker.managed is not None and spec.broker.managed.persistence is not None
+    assert spec.broker.managed.persistence.access_mode == "ReadWriteOnce"
+    assert Persistence().access_mode == "ReadWriteOncePod"
+    expect_error(spec_with(broker={"managed": {"persistence": {"accessMode": "ReadWriteMany"}}}),
+                 "spec.broker.managed.persistence.accessMode")
+
+
 def test_an_ephemeral_broker_is_an_explicit_choice() -> None:
     spec = parse_taskqueue_spec(spec_with(broker={"managed": {"persistence": {"enabled": False, "size": "2Gi"}}}))
     assert spec.broker.managed is not None and spec.broker.managed.persistence is None

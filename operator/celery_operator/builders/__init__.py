@@ -8,6 +8,9 @@ which the reconciler knows: it passes `beat` options, or None for no beat.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..models import ObjectIdentity, TaskQueueSpec
 from .beat import BeatOptions, beat_state_url, build_beat
 from .broker import build_managed_broker
@@ -28,6 +31,7 @@ def desired_children(
     beat: BeatOptions | None = None,
     flower_password: str | None = None,
     operator_source: OperatorSource = OperatorSource(),
+    broker_claim: Mapping[str, Any] | None = None,
 ) -> list[Manifest]:
     """Every child the TaskQueue should have now, in a sensible apply order (Secret first).
 
@@ -35,6 +39,7 @@ def desired_children(
     broker (the value read from the user's Secret); see `build_broker_secret`. `flower_password`
     is required when Flower's login is generated (`spec.flower.generated_password`).
     `operator_source` is where the operator connects from, for the NetworkPolicies of its Redis.
+    `broker_claim` is the managed broker's live volume claim, whose immutable access modes stay.
     """
     children = [
         build_broker_secret(owner, spec.broker, password=broker_password, external_url=external_broker_url)
@@ -44,7 +49,7 @@ def desired_children(
         owner, spec, operator_source, beat=beat is not None,
         beat_state=beat is not None and not beat.custom and beat.state == "managed")
     if spec.broker.managed is not None:
-        children += build_managed_broker(owner, spec.broker.managed, images.redis)
+        children += build_managed_broker(owner, spec.broker.managed, images.redis, existing_claim=broker_claim)
     children += build_worker_deployments(owner, spec)
     children += build_flower(owner, spec, images.flower, password=flower_password)
     children += build_beat(owner, spec, beat, images)

@@ -160,12 +160,22 @@ def build_broker_service(owner: ObjectIdentity) -> Manifest:
     )
 
 
-def build_broker_pvc(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest | None:
-    """The data volume, or None when persistence is turned off (the broker uses an emptyDir)."""
+def build_broker_pvc(owner: ObjectIdentity, managed: ManagedBroker,
+                     existing: Mapping[str, Any] | None = None) -> Manifest | None:
+    """The data volume, or None when persistence is turned off (the broker uses an emptyDir).
+
+    ReadWriteOncePod (the default access mode): the scheduler places no second pod on the claim while one still uses it, so a
+    deleted or evicted broker pod's replacement starts only once the old Redis has exited (a
+    ReplicaSet replaces a pod the moment it is marked for deletion; with ReadWriteOnce both would
+    share the claim for a moment, and the writes the old one took after the new one replayed the
+    file would be lost). `accessMode: ReadWriteOnce` is for storage that cannot do that, at that
+    cost. A claim's access modes cannot change: an `existing` claim keeps its own.
+    """
     if managed.persistence is None:
         return None
+    live_modes = ((existing or {}).get("spec") or {}).get("accessModes")
     spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
+        "accessModes": list(live_modes or [managed.persistence.access_mode]),
         "resources": {"requests": {"storage": managed.persistence.size}},
     }
     if managed.persistence.storage_class_name:
@@ -178,10 +188,12 @@ def build_broker_pvc(owner: ObjectIdentity, managed: ManagedBroker) -> Manifest 
     }
 
 
-def build_managed_broker(owner: ObjectIdentity, managed: ManagedBroker, default_image: str) -> list[Manifest]:
-    """Deployment, Service and, unless persistence is turned off, the PVC of the managed Redis."""
+def build_managed_broker(owner: ObjectIdentity, managed: ManagedBroker, default_image: str,
+                         existing_claim: Mapping[str, Any] | None = None) -> list[Manifest]:
+    """Deployment, Service and, unless persistence is turned off, the PVC of the managed Redis
+    (`existing_claim`: the live one, whose access modes stay)."""
     manifests = [build_broker_deployment(owner, managed, default_image), build_broker_service(owner)]
-    pvc = build_broker_pvc(owner, managed)
+    pvc = build_broker_pvc(owner, managed, existing_claim)
     if pvc is not None:
         manifests.append(pvc)
     return manifests

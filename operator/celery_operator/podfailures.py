@@ -94,14 +94,21 @@ def deployment_failure(deployment: Mapping[str, Any], pods: Iterable[Mapping[str
     return min(found, key=lambda f: (_RANK.get(f.reason, len(_RANK)), f.container)) if found else None
 
 
+# The volume binder tells a claim it cannot bind without a StorageClass (none named, no default) in a
+# Normal Event of this reason, since a matching volume may yet appear; for a broker's claim it will not.
+FAILED_BINDING: Final = "FailedBinding"
+
+
 def unbound_claim(claim: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> str | None:
-    """Why a Pending claim does not bind: the newest Warning Event about it (no such StorageClass, no
-    default StorageClass, the provisioner's error). None when it is bound or only waiting (for its
-    first consumer, for the provisioner): a claim that merely takes its time is no failure."""
+    """Why a Pending claim does not bind: the newest Warning or FailedBinding Event about it (no such
+    StorageClass, no default StorageClass, the provisioner's error). None when it is bound or only
+    waiting (for its first consumer, for the provisioner): a claim that merely takes its time is no
+    failure."""
     metadata = claim.get("metadata") or {}
     if (claim.get("status") or {}).get("phase", "Pending") != "Pending":
         return None
-    warnings = [event for event in events if event.get("type") == "Warning"
+    warnings = [event for event in events
+                if (event.get("type") == "Warning" or event.get("reason") == FAILED_BINDING)
                 and (event.get("involvedObject") or {}).get("uid") == metadata.get("uid")]
     if not warnings:
         return None

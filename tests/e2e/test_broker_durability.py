@@ -216,3 +216,18 @@ def test_a_broker_claim_that_cannot_bind_is_named_in_broker_ready(
     assert '"no-such-class" not found' in condition["message"]
     warnings = [e for e in tqs.events("nodisk") if e.type == "Warning"]
     assert [e.reason for e in warnings] == ["BrokerVolumePending"], "one Event"
+
+
+def test_a_broker_claim_without_a_default_storage_class_is_named_in_broker_ready(
+        day2: DevCluster, tqs: TaskQueues, operator: OperatorProcess) -> None:
+    classes = json.loads(day2.kubectl("get", "storageclass", "-o", "json").stdout)["items"]
+    key = "storageclass.kubernetes.io/is-default-class"
+    [default] = [c["metadata"]["name"] for c in classes if c["metadata"].get("annotations", {}).get(key) == "true"]
+    day2.kubectl("annotate", "storageclass", default, f"{key}=false", "--overwrite")
+    try:
+        tqs.apply(taskqueue("noclass", queues=[{"name": "jobs", "replicas": 0}]))
+        condition = tqs.wait_condition("noclass", "BrokerReady", "False", "BrokerVolumePending", timeout=30)
+        assert "PersistentVolumeClaim noclass-broker cannot bind" in condition["message"]
+        assert "no storage class is set" in condition["message"], condition["message"]
+    finally:
+        day2.kubectl("annotate", "storageclass", default, f"{key}=true", "--overwrite")

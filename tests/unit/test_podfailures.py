@@ -125,6 +125,14 @@ def test_a_pending_claim_is_failing_only_once_the_binder_or_provisioner_warns() 
         'not found)'), "the newest warning"
 
 
+def test_a_claim_without_any_storage_class_is_failing_though_the_binder_says_so_as_normal() -> None:
+    no_class = claim_event("Normal", "FailedBinding",
+                           "no persistent volumes available for this claim and no storage class is set")
+    assert unbound_claim(CLAIM, [no_class]) == (
+        "PersistentVolumeClaim shop-broker cannot bind (FailedBinding: no persistent volumes available for this "
+        "claim and no storage class is set)")
+
+
 def test_a_bound_claim_or_an_earlier_claims_warning_is_no_failure() -> None:
     warning = claim_event("Warning", "ProvisioningFailed", "boom")
     assert unbound_claim({**CLAIM, "status": {"phase": "Bound"}}, [warning]) is None

@@ -136,6 +136,11 @@ def test_two_clusters_side_by_side_each_reach_their_own_broker_and_survive_a_los
         first, second = TaskQueues(devcluster, "demo"), TaskQueues(second_cluster, "demo")
         for handle in (devcluster, second_cluster):
             apply_examples(handle, "demo")
+        # the example's durable broker keeps its queue on a volume of its node (local-path here), which
+        # cannot follow it to another node: a lost node's broker waits for the node (the durability
+        # tests' subject); this test moves every pod, so its brokers keep their queues in memory
+        for handle in (first, second):
+            handle.patch_spec("shop", {"broker": {"managed": {"persistence": {"enabled": False}}}})
         # the same names in both clusters (shop-broker.demo.svc): each operator reaches its own
         for handle in (first, second):
             handle.wait_condition("shop", "Ready", "True", timeout=READY_TIMEOUT)

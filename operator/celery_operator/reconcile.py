@@ -309,11 +309,12 @@ def broker_condition(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueue
 def broker_record(runtime: Runtime, identity: ObjectIdentity, spec: TaskQueueSpec, access: BrokerAccess,
                   probed: ProbeResult | None, recorded: Mapping[str, Any] | None,
                   now: float) -> tuple[Mapping[str, Any] | None, BrokerRestart | None]:
-    """status.broker after this pass (None: as it was), and the restart of the broker it saw, with
-    its cause and what the queues hold now. `recorded`: status.broker as this writer last left it."""
+    """status.broker after this pass, and the restart of the broker it saw, with its cause and what
+    the queues hold now. `recorded`: status.broker as this writer last left it (kept while the broker
+    does not say which run it is; a body read before that write would hold an older one)."""
     instance = probed.instance if probed is not None else None
     if instance is None:
-        return None, None
+        return recorded, None
     record = {**(recorded or {}), "runId": instance.run_id}
     if not restarted((recorded or {}).get("runId"), instance):
         return record, None

@@ -483,3 +483,22 @@ def test_an_ephemeral_broker_that_restarts_says_the_queue_started_empty() -> Non
                      "(spec.broker.managed.persistence.enabled is false), so the queue started empty: every "
                      "message it held before the restart is lost; its queues hold 0 message(s) now")]
     assert cluster.body["status"]["broker"]["lastRestart"]["appendOnly"] is False
+
+
+def test_a_pass_on_a_body_read_before_the_last_write_keeps_the_broker_run_it_recorded() -> None:
+    cluster = Cluster()
+    cluster.settle()
+    url = reconcile.decode_secret_value(cluster.kube.child("Secret", "shop-broker"), "url")
+    brokers = cluster.runtime.brokers
+    brokers.restart(url, append_only=True, uptime_seconds=600)  # type: ignore[attr-defined]
+    cluster.reconcile()
+    stale = copy.deepcopy(cluster.body)  # read before the write that records the restart below
+    brokers.restart(url, append_only=True)  # type: ignore[attr-defined]
+    cluster.reconcile()
+    run = cluster.body["status"]["broker"]["runId"]
+    brokers.unreachable[url] = "broker not reachable: ConnectionError"  # type: ignore[attr-defined]
+    reconcile.reconcile_taskqueue(cluster.runtime, stale, cluster.kube.children_of(cluster.uid))
+    brokers.unreachable.clear()  # type: ignore[attr-defined]
+    cluster.reconcile()
+    assert cluster.body["status"]["broker"]["runId"] == run
+    assert [reason for _, _, reason, _ in cluster.kube.events].count("BrokerRestarted") == 1

@@ -10,6 +10,9 @@ from typing import Final, Literal
 
 GROUP: Final = "celery-operator.dev"
 VERSION: Final = "v1alpha1"
+# The operator's release: with pyproject.toml and the chart (tests/unit/test_release.py). Each
+# TaskQueue's status says which release last reconciled it.
+OPERATOR_VERSION: Final = "0.2.0"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 TASKQUEUE_KIND: Final = "TaskQueue"
 TASKQUEUE_PLURAL: Final = "taskqueues"

@@ -41,7 +41,8 @@ PASSWORD_BYTES: Final = 24
 STATUS: Final = StatusPart(
     conditions=frozenset({Ready.TYPE, BrokerReady.TYPE, BrokerAcceptingWrites.TYPE, WorkersReady.TYPE,
                           BeatReady.TYPE, Paused.TYPE}),
-    fields=frozenset({"observedGeneration", "brokerSecretName", "queueCount", "workers", "broker"}),
+    fields=frozenset({"observedGeneration", "brokerSecretName", "queueCount", "workers", "broker",
+                      "operatorVersion"}),
     queue_fields=("name", "replicas", "readyReplicas"),
 )
 EVENTS: Final = HeadlineEvents(Ready.TYPE, progress=PROGRESS)
@@ -436,7 +437,8 @@ def compose_status(body: Mapping[str, Any], identity: ObjectIdentity, verdict: V
     updates = [c for c in (verdict.broker, verdict.writes, verdict.workers, verdict.beat) if c is not None]
     fields: dict[str, Any] = {"observedGeneration": identity.generation,
                               "brokerSecretName": naming.broker_name(identity.name),
-                              "broker": verdict.broker_record or previous.get("broker")}
+                              "broker": verdict.broker_record or previous.get("broker"),
+                              "operatorVersion": naming.OPERATOR_VERSION}
     if verdict.queues is None:
         fields.update({key: previous.get(key) for key in ("queueCount", "workers")})
         queues = STATUS.owned_queues(previous) or None

@@ -30,7 +30,7 @@ class Settings:
     # the images the operator runs when a TaskQueue names none: every beat pod (`python -m
     # celery_operator.beat`, the operator's own image), the managed Redis (and the beat-state
     # Redis of AMQP brokers), Flower; a TaskQueue's spec.broker.managed.image and spec.flower.image win
-    beat_image: str = "ghcr.io/celery-operator/celery-operator:0.2.0"  # the package's version (test_release.py)
+    beat_image: str = f"ghcr.io/celery-operator/celery-operator:{naming.OPERATOR_VERSION}"
     redis_image: str = "redis:7.4-alpine"
     flower_image: str = "mher/flower:2.0"
     # the Prometheus /metrics port (0 = off) and the address it listens on

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import celery_operator
 from celery_operator import reconcile
 from celery_operator.kube import KubeError
 from tests.controllers.fakes import FakeKube, fake_runtime
@@ -86,6 +87,7 @@ def test_a_new_taskqueue_gets_its_children_and_a_status_that_says_it_is_starting
     assert cluster.condition("Ready")["status"] == "False"
     assert [(kind, reason) for _, kind, reason, _ in cluster.kube.events] == [("Normal", "BrokerStarting")]
     assert cluster.body["status"]["brokerSecretName"] == "shop-broker"
+    assert cluster.body["status"]["operatorVersion"] == celery_operator.__version__, "which release reconciled it"
 
 
 def test_a_broker_claim_that_cannot_bind_says_why_in_broker_ready_with_one_warning() -> None:

@@ -253,7 +253,7 @@ def test_status_schema() -> None:
     status = at(schema("TaskQueue"), "status")
     assert set(status["properties"]) == {
         "observedGeneration", "conditions", "brokerSecretName", "pending", "workers", "queueCount", "queues",
-        "broker",
+        "broker", "operatorVersion",
     }
     broker = status["properties"]["broker"]["properties"]
     assert set(broker) == {"runId", "lastRestart"}

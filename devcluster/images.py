@@ -938,7 +938,11 @@ def operator_chart_values() -> list[str]:
     own, and its defaults for the managed Redis and Flower (what an air-gapped cluster sets)."""
     built = build_images(["operator", "redis", "flower"])
     repository, tag = built["operator"].reference.rsplit(":", 1)
+    # a new build keeps its tag: the pods' annotation names the build, so that `helm upgrade` of a
+    # running release (make demo again after a change) rolls the operator onto it
+    build = built["operator"].archive.stem.rsplit("-", 1)[-1]
     return ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--set-string", f"podAnnotations.devcluster\\.local/operator-build={build}",
             "--set", f"redis.image={built['redis'].reference}", "--set", f"flower.image={built['flower'].reference}"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
 import json
@@ -77,6 +78,8 @@ class ClusterState:
     nodes: int = 0
     node_cidr: str = ""
     cluster_id: str = ""
+    # the image archives the nodes imported (their names hold the content's hash)
+    images: list[str] = field(default_factory=list)
 
     @property
     def network(self) -> ClusterNetwork:
@@ -440,6 +443,16 @@ def _node_handles(cluster: Cluster, state: ClusterState) -> list[nodes.Node]:
             for index in range(1, state.nodes + 1)]
 
 
+def _load_new_builds(cluster: Cluster, state: ClusterState) -> None:
+    """A running cluster reused after images were built again (a change to the operator, make demo
+    once more): its nodes import the new builds, under the tags they already knew."""
+    built = images.build_images()
+    new = [image for image in built.values() if image.archive.name not in state.images]
+    if new:
+        load_images(cluster, new)
+        cluster.save(dataclasses.replace(state, images=sorted({*state.images, *(i.archive.name for i in new)})))
+
+
 def load_images(cluster: Cluster, archives: list[images.Image]) -> None:
     """Import more images into every node of a running cluster (one it did not start with, such as
     a previous release's operator)."""
@@ -518,6 +531,8 @@ def _up(directory: Path, node_count: int, timeout: float) -> Cluster:
     cluster = Cluster(directory.resolve())
     current = cluster.state()
     if is_healthy(cluster) and current.nodes == node_count:
+        if node_count:
+            _load_new_builds(cluster, current)
         return cluster
     bin_dir = build.build()
     if node_count:
@@ -597,6 +612,7 @@ def _start_nodes(cluster: Cluster, state: ClusterState, bin_dir: Path, built: di
                         timeout, cluster, node.component("kube-router"))
         for loading in imports:
             loading.result()
+    cluster.save(dataclasses.replace(cluster.state(), images=sorted(image.archive.name for image in built.values())))
 
 
 KUBE_ROUTER_IDENTITY = pki.ClientIdentity("kube-router", kuberouter.USER)
@@ -679,6 +695,9 @@ def _down(directory: Path) -> list[str]:
     shutil.rmtree(cluster.dir / "nodes", ignore_errors=True)
     for component in STOP_ORDER:
         _stop(cluster, component, grace=5)
+    # and the objects with them: kept, a cluster brought up again here (after a reboot, or when it was
+    # found unhealthy) would resurrect PersistentVolumes whose directories went with the nodes above
+    shutil.rmtree(cluster.dir / "etcd", ignore_errors=True)
     return stopped
 
 

@@ -321,6 +321,32 @@ def test_redis_running_and_reserved_tasks_with_a_real_worker(
         worker.stop()
 
 
+def test_a_worker_online_before_the_monitor_listened_is_told_at_its_first_heartbeat(
+    redis_broker: RedisBroker, tmp_path: Path
+) -> None:
+    """The scaler's wake at a new worker must not depend on hearing its worker-online event: a monitor
+    that (re)connects while a new broker comes up misses it (seen in an e2e run)."""
+    worker = start_test_worker(redis_broker.url, "late", "pod-l", tmp_path)
+    heard = HeartbeatMonitor(redis_broker.url, warmup=0.5)
+    heard.start()
+    try:
+        wait_for(lambda: heard.workers("late") if heard.wait_ready(1) else None, 30, "the worker's heartbeats")
+    finally:
+        heard.stop()
+    told: list[str] = []
+    monitor = HeartbeatMonitor(redis_broker.url, warmup=0.5, on_worker_online=told.append)
+    monitor.start()
+    try:
+        wait_for(lambda: told, 10, "the running worker told at its first heartbeat the monitor hears")
+        assert told == ["late@pod-l"]
+        first = wait_for(lambda: monitor.workers("late"), 10, "the worker in the table")[0].timestamp
+        wait_for(lambda: monitor.workers("late")[0].timestamp >= first + 4, 10, "two more heartbeats")
+        assert told == ["late@pod-l"], "told once: the next heartbeats are of a known worker"
+    finally:
+        monitor.stop()
+        worker.stop()
+
+
 def test_busy_workers_names_the_busy_worker_and_not_the_idle_one(
     redis_broker: RedisBroker, redis_monitor: HeartbeatMonitor, gate: Gate, tmp_path: Path
 ) -> None:

@@ -107,11 +107,11 @@ class HeartbeatTable:
         split = split_worker_hostname(hostname)
         return split if split else (None, None)
 
-    def heartbeat(self, event: Mapping[str, Any]) -> None:
-        """A worker-heartbeat or worker-online event."""
+    def heartbeat(self, event: Mapping[str, Any]) -> bool:
+        """A worker-heartbeat or worker-online event; whether it is the first the table has of that worker."""
         hostname = event.get("hostname")
         if not isinstance(hostname, str):
-            return
+            return False
         queue, pod = self._split(hostname)
         now = self.clock()
         with self._lock:
@@ -120,7 +120,7 @@ class HeartbeatTable:
             if "active" not in event:  # a wakeup heartbeat (control command): liveness only
                 if entry is not None:
                     entry.seen = now
-                return
+                return False
             workers[hostname] = _Entry(
                 pod=pod,
                 active=int(event.get("active") or 0),
@@ -129,6 +129,7 @@ class HeartbeatTable:
                 timestamp=float(event.get("timestamp") or 0.0),
                 seen=now,
             )
+        return entry is None
 
     def offline(self, event: Mapping[str, Any]) -> None:
         """A worker-offline event: the worker shut down (warm or cold, not killed)."""
@@ -214,7 +215,9 @@ class HeartbeatMonitor:
         on_worker_online: Callable[[str], None] | None = None,
     ):
         self.url = url
-        self.on_worker_online = on_worker_online  # called with the hostname, from the monitor's thread
+        # called with the hostname, from the monitor's thread, when a worker comes online or is first
+        # heard of (its worker-online event sent while the monitor was not listening yet)
+        self.on_worker_online = on_worker_online
         self.transport_options = dict(transport_options or {})
         self.timeout = timeout
         self.warmup = warmup
@@ -324,10 +327,15 @@ class HeartbeatMonitor:
 
     def _on_heartbeat(self, event: Mapping[str, Any]) -> None:
         self.events_received += 1
-        self.table.heartbeat(event)
+        if self.table.heartbeat(event):  # a worker first heard of: its worker-online came before we listened
+            self._tell_online(event)
 
     def _on_online(self, event: Mapping[str, Any]) -> None:
-        self._on_heartbeat(event)
+        self.events_received += 1
+        self.table.heartbeat(event)
+        self._tell_online(event)
+
+    def _tell_online(self, event: Mapping[str, Any]) -> None:
         hostname = event.get("hostname")
         if self.on_worker_online is not None and isinstance(hostname, str):
             self.on_worker_online(hostname)

@@ -194,6 +194,7 @@ def test_an_upgrade_under_load_from_the_previous_release_loses_nothing_and_rolls
             mark("kept the in-memory broker explicitly")
         previous.kubectl("annotate", "tq", "shop", "-n", NAMESPACE, "celery-operator.dev/reconcile-")
         tqs.wait_condition("shop", "Ready", "True", timeout=READY_TIMEOUT)
+        assert tqs.get("shop")["status"].get("operatorVersion") == this_version(), "the new release reconciled it"
         mark("resumed, Ready")
         resumed_at = stream.sent
         wait_for(lambda: len(recorded(url)) >= resumed_at + 40, 120, "40 more tasks done on the new release")

@@ -45,12 +45,6 @@ NAMESPACE, NAME, KEY = "bench", "durable", "pushes"
 PUSH_EVERY = 0.02
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest rank."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
-
-
 def send_rate(url: str, messages: int) -> float:
     app = celery.Celery("bench", broker=url)
     try:
@@ -153,9 +147,9 @@ def main() -> None:
     print("\n| restart | trials | producers refused p50 / p95 |")
     print("|---|---|---|")
     for kind, values in downtime.items():
-        print(f"| {kind} | {len(values)} | {percentile(values, 0.5):.2f} s / {percentile(values, 0.95):.2f} s |")
+        print(f"| {kind} | {len(values)} | {figures.percentile(values, 0.5):.2f} s / {figures.percentile(values, 0.95):.2f} s |")
         headline.append(figures.Figure(f"durable broker restart, {kind}: producers refused, p95",
-                                       round(percentile(values, 0.95), 2), "s"))
+                                       round(figures.percentile(values, 0.95), 2), "s"))
     print(f"acknowledged pushes the broker no longer held after a restart (most in one): {lost}")
     headline.append(figures.exactly("durable broker restarts: accepted messages lost", lost, "", 0))
     figures.report(args.figures, headline)

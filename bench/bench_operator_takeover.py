@@ -37,12 +37,6 @@ from tests.helpers.waiting import ConditionNotMet, wait_for  # noqa: E402
 NAMESPACE, WORKERS = "bench", "takeover-worker-jobs"
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest rank."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
-
-
 def concurrency_of(tqs: TaskQueues) -> str | None:
     deployment = tqs.deployment(WORKERS)
     if deployment is None:
@@ -122,8 +116,8 @@ def main() -> None:
             continue
         for key, label in (("lease", "Lease taken"), ("reconciled", "change reconciled")):
             headline += [figures.Figure(f"takeover, {how} leader ({len(runs)} trials): {label}, p{percent}",
-                                        percentile([r[key] for r in runs], percent / 100), "s") for percent in (50, 95)]
-        cells = [f"{percentile([r[key] for r in runs], 0.5):.1f} / {percentile([r[key] for r in runs], 0.95):.1f} s"
+                                        figures.percentile([r[key] for r in runs], percent / 100), "s") for percent in (50, 95)]
+        cells = [f"{figures.percentile([r[key] for r in runs], 0.5):.1f} / {figures.percentile([r[key] for r in runs], 0.95):.1f} s"
                  for key in ("lease", "first write", "reconciled")]
         print(f"| {how} | {len(runs)} | " + " | ".join(cells) + " |")
     figures.report(args.figures, headline)

@@ -26,6 +26,12 @@ def exactly(name: str, value: float, unit: str, expected: float) -> Figure:
     return Figure(name, value, unit, f"{expected:g} {unit}".rstrip(), value == expected)
 
 
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest rank."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
+
+
 def add_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", type=Path, default=None, metavar="PATH",
                         help="append the headline figures to PATH as JSON lines (for `python -m bench`)")

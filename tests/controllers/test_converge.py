@@ -444,16 +444,28 @@ def _broker_pod(name: str, *, restarts: int = 0, last: dict[str, Any] | None = N
             "status": {"phase": "Running", "containerStatuses": [status]}}
 
 
-def test_a_restarted_broker_is_recorded_and_told_once_with_its_cause_and_what_it_holds() -> None:
-    cluster = Cluster()
+def _settled_on_a_known_broker_run(spec: dict[str, Any] = SPEC, *,
+                                   append_only: bool = True) -> tuple[Cluster, str, Any]:
+    """A settled TaskQueue whose broker's first run the status has recorded: the cluster, the
+    broker's URL, and the fake brokers (`restart` starts a new run)."""
+    cluster = Cluster(spec)
     cluster.settle()
     url = reconcile.decode_secret_value(cluster.kube.child("Secret", "shop-broker"), "url")
     brokers = cluster.runtime.brokers
-    brokers.restart(url, append_only=True, uptime_seconds=600)  # type: ignore[attr-defined]
+    brokers.restart(url, append_only=append_only, uptime_seconds=600)  # type: ignore[attr-defined]
     cluster.reconcile()
+    return cluster, url, brokers
+
+
+def _restarts_told(cluster: Cluster) -> list[tuple[str, str]]:
+    return [(kind, message) for _, kind, reason, message in cluster.kube.events if reason == "BrokerRestarted"]
+
+
+def test_a_restarted_broker_is_recorded_and_told_once_with_its_cause_and_what_it_holds() -> None:
+    cluster, url, brokers = _settled_on_a_known_broker_run()
     first = cluster.body["status"]["broker"]
     assert set(first) == {"runId"}, "the first run seen is no restart"
-    assert not [reason for _, _, reason, _ in cluster.kube.events if reason == "BrokerRestarted"]
+    assert not _restarts_told(cluster)
 
     cluster.kube.pods.append(_broker_pod("shop-broker-7d-a", restarts=1,
                                          last={"reason": "Error", "exitCode": 137}))
@@ -464,36 +476,25 @@ def test_a_restarted_broker_is_recorded_and_told_once_with_its_cause_and_what_it
     record = cluster.body["status"]["broker"]
     assert record["runId"] != first["runId"]
     assert record["lastRestart"]["messages"] == 100 and record["lastRestart"]["appendOnly"] is True
-    told = [(kind, message) for _, kind, reason, message in cluster.kube.events if reason == "BrokerRestarted"]
-    assert told == [("Normal", "redis-server exited in pod shop-broker-7d-a (Error, exit code 137) and the kubelet "
+    assert _restarts_told(cluster) == [("Normal", "redis-server exited in pod shop-broker-7d-a (Error, exit code 137) and the kubelet "
                      "restarted it; it replayed its append-only file: its queues hold 100 message(s) now")]
     assert cluster.reconcile() == [], "a settled broker costs no write"
 
 
 def test_an_ephemeral_broker_that_restarts_says_the_queue_started_empty() -> None:
-    cluster = Cluster({**SPEC, "broker": {"managed": {"persistence": {"enabled": False}}}})
-    cluster.settle()
-    url = reconcile.decode_secret_value(cluster.kube.child("Secret", "shop-broker"), "url")
-    brokers = cluster.runtime.brokers
-    brokers.restart(url, append_only=False, uptime_seconds=600)  # type: ignore[attr-defined]
-    cluster.reconcile()
+    cluster, url, brokers = _settled_on_a_known_broker_run(
+        {**SPEC, "broker": {"managed": {"persistence": {"enabled": False}}}}, append_only=False)
     cluster.kube.pods.append(_broker_pod("shop-broker-7d-b"))
     brokers.restart(url, append_only=False)  # type: ignore[attr-defined]
     cluster.reconcile()
-    told = [(kind, message) for _, kind, reason, message in cluster.kube.events if reason == "BrokerRestarted"]
-    assert told == [("Warning", "the broker runs in a new pod, shop-broker-7d-b; it keeps no append-only file "
+    assert _restarts_told(cluster) == [("Warning", "the broker runs in a new pod, shop-broker-7d-b; it keeps no append-only file "
                      "(spec.broker.managed.persistence.enabled is false), so the queue started empty: every "
                      "message it held before the restart is lost; its queues hold 0 message(s) now")]
     assert cluster.body["status"]["broker"]["lastRestart"]["appendOnly"] is False
 
 
 def test_a_pass_on_a_body_read_before_the_last_write_keeps_the_broker_run_it_recorded() -> None:
-    cluster = Cluster()
-    cluster.settle()
-    url = reconcile.decode_secret_value(cluster.kube.child("Secret", "shop-broker"), "url")
-    brokers = cluster.runtime.brokers
-    brokers.restart(url, append_only=True, uptime_seconds=600)  # type: ignore[attr-defined]
-    cluster.reconcile()
+    cluster, url, brokers = _settled_on_a_known_broker_run()
     stale = copy.deepcopy(cluster.body)  # read before the write that records the restart below
     brokers.restart(url, append_only=True)  # type: ignore[attr-defined]
     cluster.reconcile()
@@ -503,4 +504,4 @@ def test_a_pass_on_a_body_read_before_the_last_write_keeps_the_broker_run_it_rec
     brokers.unreachable.clear()  # type: ignore[attr-defined]
     cluster.reconcile()
     assert cluster.body["status"]["broker"]["runId"] == run
-    assert [reason for _, _, reason, _ in cluster.kube.events].count("BrokerRestarted") == 1
+    assert len(_restarts_told(cluster)) == 1

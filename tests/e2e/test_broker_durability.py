@@ -214,7 +214,8 @@ def test_a_broker_claim_that_cannot_bind_is_named_in_broker_ready(
     condition = tqs.wait_condition("nodisk", "BrokerReady", "False", "BrokerVolumePending", timeout=30)
     assert "PersistentVolumeClaim nodisk-broker cannot bind" in condition["message"]
     assert '"no-such-class" not found' in condition["message"]
-    warnings = [e for e in tqs.events("nodisk") if e.type == "Warning"]
+    # posted right after the status write the wait above saw
+    warnings = wait_for(lambda: [e for e in tqs.events("nodisk") if e.type == "Warning"], 10, "the Warning Event")
     assert [e.reason for e in warnings] == ["BrokerVolumePending"], "one Event"
 
 

@@ -45,6 +45,6 @@ def changes(previous: Mapping[str, Mapping[str, Any]], current: Mapping[str, Map
             else:
                 change = ROLLS if _template(old) != _template(new) else REWRITTEN
                 label = child_label(new)
-            if weight[change] >= weight.get(found.get(label, REWRITTEN), -1) or label not in found:
+            if label not in found or weight[change] > weight[found[label]]:
                 found[label] = change
     return found
